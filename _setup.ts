@@ -1,0 +1,428 @@
+/**
+ * Host-side preparation shared by every sandbox in a process: finding and
+ * checking Deno, locating Pyodide in Deno's npm cache, the cache folder, the
+ * runner file and the verified base snapshot.
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import { PYODIDE_VERSION } from "./runner.ts";
+
+/** Pyodide files the child must be able to read to load. */
+export const PYODIDE_FILES = [
+  "pyodide.asm.wasm",
+  "python_stdlib.zip",
+  "pyodide-lock.json",
+];
+
+const INSTALL_HINT =
+  "install it with `npm install -g deno@2.9.6` (or see https://docs.deno.com/runtime/getting_started/installation/), or pass `denoPath`";
+
+const checkedDeno = new Map<string, boolean>();
+
+/**
+ * Picks the `deno` binary the children run.
+ *
+ * @param denoPath The user's explicit choice.
+ * @returns The path or command name to run.
+ */
+export function resolveDenoPath(denoPath?: string): string {
+  if (denoPath !== undefined) return denoPath;
+  if (Deno.build.standalone) return "deno";
+  return Deno.execPath();
+}
+
+/**
+ * Checks, once per binary and process, that `deno --version` runs.
+ *
+ * @param denoPath The binary.
+ * @throws {Error} When it cannot be run.
+ */
+export function checkDeno(denoPath: string): void {
+  if (checkedDeno.get(denoPath)) return;
+  let ok = false;
+  let detail = "";
+  try {
+    const out = new Deno.Command(denoPath, {
+      args: ["--version"],
+      stdout: "piped",
+      stderr: "piped",
+      stdin: "null",
+    }).outputSync();
+    ok = out.success;
+    if (!ok) detail = new TextDecoder().decode(out.stderr).trim();
+  } catch (error) {
+    detail = error instanceof Error ? error.message : String(error);
+  }
+  if (!ok) {
+    throw new Error(
+      `Deno is not installed or not in PATH: could not run "${denoPath} --version" (${detail}); ${INSTALL_HINT}`,
+    );
+  }
+  checkedDeno.set(denoPath, true);
+}
+
+/**
+ * The default cache folder: `$XDG_CACHE_HOME/pyodide-sandbox`,
+ * `~/.cache/pyodide-sandbox` (`~/Library/Caches/...` on macOS,
+ * `%LOCALAPPDATA%\pyodide-sandbox` on Windows), or a folder in the system's
+ * temporary directory when no home is known.
+ *
+ * @returns An absolute path.
+ */
+export function defaultCacheDir(): string {
+  const env = (name: string): string | undefined => {
+    try {
+      return Deno.env.get(name) || undefined;
+    } catch {
+      return undefined;
+    }
+  };
+  const xdg = env("XDG_CACHE_HOME");
+  if (xdg) return join(xdg, "pyodide-sandbox");
+  if (Deno.build.os === "windows") {
+    const local = env("LOCALAPPDATA");
+    if (local) return join(local, "pyodide-sandbox");
+  }
+  const home = env("HOME");
+  if (home) {
+    return Deno.build.os === "darwin"
+      ? join(home, "Library", "Caches", "pyodide-sandbox")
+      : join(home, ".cache", "pyodide-sandbox");
+  }
+  const tmp = env("TMPDIR") ?? "/tmp";
+  let uid = "user";
+  try {
+    uid = String(Deno.uid() ?? "user");
+  } catch {
+    // Keep the generic name.
+  }
+  return join(tmp, `pyodide-sandbox-${uid}`);
+}
+
+/** Everything a child needs from the host, resolved once. */
+export interface Environment {
+  denoPath: string;
+  cacheDir: string;
+  /** Folder of the pyodide npm package. */
+  pyodideDir: string;
+  /** DENO_DIR the children use (npm cache linked, storage disabled). */
+  childDenoDir: string;
+  /** Absolute path of the runner file. */
+  runnerPath: string;
+  /** Hash of the runner source and Pyodide version. */
+  runnerHash: string;
+}
+
+const environments = new Map<string, Environment>();
+
+/**
+ * Resolves (once per process, deno binary and cache folder) the Pyodide
+ * folder, the runner file and the children's DENO_DIR. Synchronous so that
+ * commands can be built without running anything; the first call in a
+ * process may run `deno info` (which downloads Pyodide into Deno's cache if
+ * it is missing).
+ *
+ * @param denoPath The deno binary.
+ * @param cacheDir The cache folder.
+ * @returns The environment.
+ * @throws {Error} When the cache folder is unusable or Pyodide cannot be
+ *   located.
+ */
+export function resolveEnvironment(
+  denoPath: string,
+  cacheDir: string,
+): Environment {
+  const key = `${denoPath}\0${cacheDir}`;
+  let env = environments.get(key);
+  if (!env) {
+    ensureCacheDir(cacheDir);
+    const { pyodideDir, denoDir } = locatePyodide(denoPath, cacheDir);
+    const childDenoDir = linkChildDenoDir(cacheDir, denoDir);
+    env = {
+      denoPath,
+      cacheDir,
+      pyodideDir,
+      childDenoDir,
+      ...runnerFile(cacheDir),
+    };
+    environments.set(key, env);
+  }
+  return env;
+}
+
+/**
+ * Computes the SHA-256 of some bytes or text.
+ *
+ * @param data Input.
+ * @returns Lowercase hex.
+ */
+export async function sha256Hex(data: Uint8Array | string): Promise<string> {
+  const bytes = typeof data === "string"
+    ? new TextEncoder().encode(data)
+    : data;
+  const digest = await crypto.subtle.digest(
+    "SHA-256",
+    bytes as Uint8Array<ArrayBuffer>,
+  );
+  return toHex(new Uint8Array(digest));
+}
+
+/**
+ * Formats bytes as lowercase hex.
+ *
+ * @param bytes Input.
+ * @returns Hex text.
+ */
+export function toHex(bytes: Uint8Array): string {
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function ensureCacheDir(cacheDir: string): void {
+  try {
+    Deno.mkdirSync(cacheDir, { recursive: true, mode: 0o700 });
+    if (!Deno.statSync(cacheDir).isDirectory) {
+      throw new Error("not a directory");
+    }
+    const probe = join(cacheDir, `.probe-${crypto.randomUUID()}`);
+    Deno.writeTextFileSync(probe, "");
+    Deno.removeSync(probe);
+  } catch (error) {
+    throw new Error(
+      `Cannot use the cache folder: ${cacheDir} is not a writable directory (${
+        error instanceof Error ? error.message : String(error)
+      }); pass another \`cacheDir\``,
+      { cause: error },
+    );
+  }
+}
+
+function runDeno(denoPath: string, args: string[]): string {
+  const out = new Deno.Command(denoPath, {
+    args,
+    stdout: "piped",
+    stderr: "piped",
+    stdin: "null",
+  }).outputSync();
+  if (!out.success) {
+    throw new Error(
+      `Failed to prepare Pyodide: "deno ${args.join(" ")}" failed: ${
+        new TextDecoder().decode(out.stderr).trim()
+      }`,
+    );
+  }
+  return new TextDecoder().decode(out.stdout);
+}
+
+function locatePyodide(
+  denoPath: string,
+  cacheDir: string,
+): { pyodideDir: string; denoDir: string } {
+  const record = join(cacheDir, `locations-${PYODIDE_VERSION}.json`);
+  try {
+    const saved = JSON.parse(Deno.readTextFileSync(record));
+    if (saved.denoPath === denoPath) {
+      for (const file of PYODIDE_FILES) {
+        Deno.statSync(join(saved.pyodideDir, file));
+      }
+      return saved;
+    }
+  } catch {
+    // Look it up again.
+  }
+  const info = JSON.parse(runDeno(denoPath, [
+    "info",
+    "--json",
+    "--no-config",
+    "--node-modules-dir=none",
+    `npm:pyodide@${PYODIDE_VERSION}`,
+  ]));
+  const pkg = info.npmPackages?.[`pyodide@${PYODIDE_VERSION}`];
+  if (!pkg?.localPath) {
+    throw new Error(
+      `Failed to prepare Pyodide: npm:pyodide@${PYODIDE_VERSION} is not in Deno's cache and could not be downloaded`,
+    );
+  }
+  const general = JSON.parse(runDeno(denoPath, ["info", "--json"]));
+  const found = {
+    denoPath,
+    pyodideDir: pkg.localPath as string,
+    denoDir: general.denoDir as string,
+  };
+  for (const file of PYODIDE_FILES) {
+    Deno.statSync(join(found.pyodideDir, file));
+  }
+  writeFileAtomicSync(record, new TextEncoder().encode(JSON.stringify(found)));
+  return found;
+}
+
+/**
+ * Writes a file through a temporary sibling and a rename, so concurrent
+ * writers and readers never see a half-written file.
+ *
+ * @param path Destination.
+ * @param data Contents.
+ */
+export function writeFileAtomicSync(path: string, data: Uint8Array): void {
+  const tmp = `${path}.${crypto.randomUUID()}.tmp`;
+  Deno.writeFileSync(tmp, data, { mode: 0o600 });
+  Deno.renameSync(tmp, path);
+}
+
+function linkChildDenoDir(cacheDir: string, denoDir: string): string {
+  // The children get a DENO_DIR of their own: the npm cache is linked in
+  // (read-only for them: they have no write grant), while web storage
+  // (localStorage, caches) points below a regular file, so untrusted code
+  // cannot use it to fill the disk.
+  const dir = join(cacheDir, "deno-dir");
+  Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const links: [string, string][] = [
+    ["npm", join(denoDir, "npm")],
+    ["location_data", "/dev/null/pyodide-sandbox-no-storage"],
+  ];
+  for (const [name, target] of links) {
+    const path = join(dir, name);
+    let current: string | undefined;
+    try {
+      current = Deno.readLinkSync(path);
+    } catch {
+      current = undefined;
+    }
+    if (current === target) continue;
+    const tmp = `${path}.${crypto.randomUUID()}.tmp`;
+    Deno.symlinkSync(target, tmp);
+    Deno.renameSync(tmp, path);
+  }
+  return dir;
+}
+
+const RUNNER_URL = new URL("./runner.ts", import.meta.url);
+
+function runnerFile(
+  cacheDir: string,
+): { runnerPath: string; runnerHash: string } {
+  if (RUNNER_URL.protocol === "file:") {
+    const path = decodeURIComponent(RUNNER_URL.pathname);
+    const source = Deno.readTextFileSync(path);
+    return {
+      runnerPath: path,
+      runnerHash: fnv(`${PYODIDE_VERSION}\n${source}`),
+    };
+  }
+  // Imported from a registry: registry URLs are immutable, so the URL names
+  // the source. The child runs with --no-remote and gets a local copy,
+  // written by materializeRunner().
+  const runnerHash = fnv(`${PYODIDE_VERSION}\n${RUNNER_URL.href}`);
+  return { runnerPath: join(cacheDir, `runner-${runnerHash}.ts`), runnerHash };
+}
+
+function fnv(text: string): string {
+  // Two FNV-1a passes with different seeds: a cache key, not a security check.
+  let a = 0x811c9dc5;
+  let b = 0x01000193 ^ 0x5bd1e995;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    a = Math.imul(a ^ c, 0x01000193) >>> 0;
+    b = Math.imul(b ^ c, 0x5bd1e995) >>> 0;
+  }
+  return a.toString(16).padStart(8, "0") + b.toString(16).padStart(8, "0");
+}
+
+/**
+ * Makes sure the runner file exists locally (it only needs writing when the
+ * module was imported from a registry).
+ *
+ * @param env The environment.
+ */
+export async function materializeRunner(env: Environment): Promise<void> {
+  if (RUNNER_URL.protocol === "file:") return;
+  try {
+    await Deno.stat(env.runnerPath);
+    return;
+  } catch {
+    // Fetch it.
+  }
+  const response = await fetch(RUNNER_URL);
+  if (!response.ok) {
+    throw new Error(
+      `Failed to prepare the runner: fetching ${RUNNER_URL.href} gave HTTP ${response.status}`,
+    );
+  }
+  writeFileAtomicSync(
+    env.runnerPath,
+    new Uint8Array(await response.arrayBuffer()),
+  );
+}
+
+/**
+ * Paths of the Pyodide files a child reads while loading.
+ *
+ * @param env The environment.
+ * @returns Absolute paths.
+ */
+export function pyodideReadPaths(env: Environment): string[] {
+  return PYODIDE_FILES.map((file) => join(env.pyodideDir, file));
+}
+
+/**
+ * The `deno run` arguments of a child, permission flags included.
+ *
+ * @param env The environment.
+ * @param memoryLimitMb Caps the WebAssembly heap and the JS heap.
+ * @param permissionFlags `--allow-*` flags.
+ * @returns Arguments after the `deno` binary.
+ */
+export function childArgs(
+  env: Environment,
+  memoryLimitMb: number,
+  permissionFlags: string[],
+): string[] {
+  return [
+    "run",
+    "--no-prompt",
+    "--no-config",
+    "--no-lock",
+    "--cached-only",
+    "--no-remote",
+    "--node-modules-dir=none",
+    `--v8-flags=--max-old-space-size=${memoryLimitMb},--wasm-max-mem-pages=${
+      memoryLimitMb * 16
+    }`,
+    ...permissionFlags,
+    env.runnerPath,
+  ];
+}
+
+/**
+ * The environment variables of a child: the user's allowed ones plus the
+ * runner's own.
+ *
+ * @param env The environment.
+ * @param passed Variables the user allowed.
+ * @returns The complete child environment.
+ */
+export function childEnv(
+  env: Environment,
+  passed: Record<string, string>,
+): Record<string, string> {
+  return {
+    ...passed,
+    DENO_DIR: env.childDenoDir,
+    DENO_NO_UPDATE_CHECK: "1",
+    NO_COLOR: "1",
+  };
+}
+
+/**
+ * Where the base snapshot of this Pyodide and runner version lives.
+ *
+ * @param env The environment.
+ * @returns An absolute path.
+ */
+export function snapshotPath(env: Environment): string {
+  return join(
+    env.cacheDir,
+    `snapshot-${PYODIDE_VERSION}-${env.runnerHash}.bin`,
+  );
+}

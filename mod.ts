@@ -1,0 +1,43 @@
+/**
+ * Run untrusted Python (typically written by an LLM agent) in Pyodide inside
+ * a child `deno run` process whose Deno permissions are the security
+ * boundary.
+ *
+ * ```ts ignore
+ * import { PyodideSandbox } from "jsr:@pyodide-sandbox/pyodide-sandbox";
+ *
+ * await using sandbox = new PyodideSandbox({ allowNet: ["api.example.com"] });
+ * const result = await sandbox.execute("print('hello'); 6 * 7");
+ * console.log(result.status, result.stdout, result.result); // success hello\n 42
+ * ```
+ *
+ * @module
+ */
+
+export {
+  BasePyodideSandbox,
+  type ExecuteOptions,
+  type ExtraResultFields,
+  PYODIDE_VERSION,
+  PyodideSandbox,
+  PyodideSession,
+  type SandboxCommand,
+  type SandboxOptions,
+  type SavedSession,
+  SessionError,
+  type SessionOptions,
+} from "./sandbox.ts";
+export {
+  buildPermissionFlag,
+  type PermissionName,
+  type PermissionOptions,
+} from "./permissions.ts";
+export type {
+  CodeExecutionResult,
+  ErrorKind,
+  ExecutionError,
+  JsonValue,
+  NotSerializable,
+  SessionMetadata,
+} from "./result.ts";
+export { ERROR_KINDS } from "./result.ts";

@@ -1,0 +1,235 @@
+/**
+ * Typed permission options for the sandbox and their `deno run` flags.
+ *
+ * Untrusted Python reaches the whole `Deno` namespace through `import js`,
+ * so these flags are the sandbox's only boundary: each grant is a grant to
+ * the untrusted code.
+ *
+ * @module
+ */
+
+import { isAbsolute, resolve } from "node:path";
+
+/** The permission names the sandbox can grant. */
+export type PermissionName = "env" | "read" | "write" | "net" | "run" | "ffi";
+
+/** All permission names, in the order their flags are emitted. */
+export const PERMISSION_NAMES: readonly PermissionName[] = [
+  "env",
+  "read",
+  "write",
+  "net",
+  "run",
+  "ffi",
+];
+
+/**
+ * What the untrusted Python code may do. `true` grants the whole permission,
+ * a list grants exactly those entries, `false` or `[]` grants nothing.
+ *
+ * @example Grant read access to one folder
+ * ```ts
+ * import type { PermissionOptions } from "./permissions.ts";
+ * const permissions: PermissionOptions = { allowRead: ["./data"] };
+ * ```
+ */
+export interface PermissionOptions {
+  /**
+   * Environment variables the code may read. A list also passes exactly
+   * those variables (names, or prefixes ending in `*`) to the child; `true`
+   * passes the host's whole environment.
+   * @default {false}
+   */
+  allowEnv?: boolean | string[];
+  /**
+   * Files and folders the code may read. Relative paths resolve against the
+   * caller's working directory when the sandbox is constructed.
+   * @default {false}
+   */
+  allowRead?: boolean | string[];
+  /**
+   * Files and folders the code may write. Relative paths resolve against the
+   * caller's working directory when the sandbox is constructed.
+   * @default {false}
+   */
+  allowWrite?: boolean | string[];
+  /**
+   * Hosts (`host`, `host:port`) the code may connect to or listen on.
+   * @default {false}
+   */
+  allowNet?: boolean | string[];
+  /**
+   * Programs the code may run. Any grant amounts to giving up the sandbox.
+   * @default {false}
+   */
+  allowRun?: boolean | string[];
+  /**
+   * Native libraries the code may load. Any grant amounts to giving up the
+   * sandbox.
+   * @default {false}
+   */
+  allowFfi?: boolean | string[];
+}
+
+const OPTION_KEYS: Record<PermissionName, keyof PermissionOptions> = {
+  env: "allowEnv",
+  read: "allowRead",
+  write: "allowWrite",
+  net: "allowNet",
+  run: "allowRun",
+  ffi: "allowFfi",
+};
+
+/**
+ * Returns the option name (`allowRead`, ...) of a permission name.
+ *
+ * @param name A permission name.
+ * @returns The matching key of {@linkcode PermissionOptions}.
+ * @example
+ * ```ts
+ * import { permissionOptionKey } from "./permissions.ts";
+ * permissionOptionKey("read"); // "allowRead"
+ * ```
+ */
+export function permissionOptionKey(
+  name: PermissionName,
+): keyof PermissionOptions {
+  return OPTION_KEYS[name];
+}
+
+function checkEntry(name: PermissionName, entry: unknown): string {
+  if (typeof entry !== "string") {
+    throw new TypeError(
+      `Invalid --allow-${name} entry: expected a string, got ${typeof entry}`,
+    );
+  }
+  if (entry.length === 0) {
+    throw new TypeError(
+      `Invalid --allow-${name} entry: empty strings cannot be expressed as a flag`,
+    );
+  }
+  if (entry.includes(",")) {
+    throw new TypeError(
+      `Invalid --allow-${name} entry: "${entry}" contains a comma, which Deno's flag syntax cannot express`,
+    );
+  }
+  if (entry.includes("\0")) {
+    throw new TypeError(
+      `Invalid --allow-${name} entry: ${
+        JSON.stringify(entry)
+      } contains a NUL character`,
+    );
+  }
+  return entry;
+}
+
+/**
+ * Builds one `deno run` permission flag.
+ *
+ * @param name The permission.
+ * @param value `true` for the whole permission, a list for exactly those
+ *   entries, `false` or `[]` for nothing.
+ * @returns `--allow-<name>`, `--allow-<name>=a,b`, or `undefined` when
+ *   nothing is granted.
+ * @throws {TypeError} When the name is unknown, the value is neither a
+ *   boolean nor an array, or an entry is empty or contains a comma or NUL.
+ * @example
+ * ```ts
+ * import { buildPermissionFlag } from "./permissions.ts";
+ * buildPermissionFlag("net", ["example.com:443"]); // "--allow-net=example.com:443"
+ * buildPermissionFlag("read", true); // "--allow-read"
+ * buildPermissionFlag("env", false); // undefined
+ * ```
+ */
+export function buildPermissionFlag(
+  name: PermissionName,
+  value: boolean | string[],
+): string | undefined {
+  if (!PERMISSION_NAMES.includes(name)) {
+    throw new TypeError(
+      `Invalid permission name: "${name}", expected one of ${
+        PERMISSION_NAMES.join(", ")
+      }`,
+    );
+  }
+  if (value === true) return `--allow-${name}`;
+  if (value === false || value === undefined) return undefined;
+  if (!Array.isArray(value)) {
+    throw new TypeError(
+      `Invalid ${
+        OPTION_KEYS[name]
+      } value: expected a boolean or an array of strings, got ${typeof value}`,
+    );
+  }
+  const entries = value.map((entry) => checkEntry(name, entry));
+  if (entries.length === 0) return undefined;
+  return `--allow-${name}=${[...new Set(entries)].join(",")}`;
+}
+
+/**
+ * Validates permission options and resolves relative read/write paths
+ * against `cwd`.
+ *
+ * @param options The user's options.
+ * @param cwd The folder relative paths resolve against.
+ * @returns A complete, normalised copy.
+ * @throws {TypeError} When a value or entry is invalid.
+ * @example
+ * ```ts
+ * import { normalizePermissions } from "./permissions.ts";
+ * normalizePermissions({ allowRead: ["data"] }, "/srv").allowRead; // ["/srv/data"]
+ * ```
+ */
+export function normalizePermissions(
+  options: PermissionOptions,
+  cwd: string,
+): Required<PermissionOptions> {
+  const out = {} as Required<PermissionOptions>;
+  for (const name of PERMISSION_NAMES) {
+    const key = OPTION_KEYS[name];
+    const value = options[key] ?? false;
+    buildPermissionFlag(name, value);
+    if (typeof value === "boolean") {
+      out[key] = value;
+    } else if (name === "read" || name === "write") {
+      out[key] = value.map((p) => isAbsolute(p) ? p : resolve(cwd, p));
+    } else {
+      out[key] = [...value];
+    }
+    if (Array.isArray(out[key])) {
+      for (const entry of out[key] as string[]) checkEntry(name, entry);
+    }
+  }
+  return out;
+}
+
+/**
+ * Builds all permission flags for the child: the user's grants, with the
+ * runner's own read needs merged into (never replacing) the read list.
+ *
+ * @param permissions Normalised permissions.
+ * @param runnerReads Paths the runner itself must read.
+ * @returns The flags, in a stable order.
+ * @example
+ * ```ts
+ * import { buildPermissionFlags, normalizePermissions } from "./permissions.ts";
+ * const perms = normalizePermissions({ allowRead: ["/data"] }, "/");
+ * buildPermissionFlags(perms, ["/cache/snapshot.bin"]);
+ * // ["--allow-read=/data,/cache/snapshot.bin"]
+ * ```
+ */
+export function buildPermissionFlags(
+  permissions: Required<PermissionOptions>,
+  runnerReads: string[],
+): string[] {
+  const flags: string[] = [];
+  for (const name of PERMISSION_NAMES) {
+    let value = permissions[OPTION_KEYS[name]];
+    if (name === "read" && value !== true) {
+      value = [...(value || []), ...runnerReads];
+    }
+    const flag = buildPermissionFlag(name, value);
+    if (flag) flags.push(flag);
+  }
+  return flags;
+}

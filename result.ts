@@ -1,0 +1,99 @@
+/**
+ * The result of one execution, and the machine-readable error kinds.
+ *
+ * @module
+ */
+
+/**
+ * Why an execution failed.
+ *
+ * - `"exception"`: Python raised (including `SyntaxError`); `type` is the
+ *   exception's class name.
+ * - `"timeout"`: the call ran past its `timeoutSeconds`.
+ * - `"memory"`: memory ran out: a Python `MemoryError` (`type` is
+ *   `"MemoryError"`) or a kill by the memory limit (no `type`).
+ * - `"session"`: session bytes were corrupted, tampered with, unsigned,
+ *   from another Pyodide version, or a live session was lost.
+ * - `"crash"`: the child died or gave no valid result for any other reason.
+ */
+export type ErrorKind =
+  | "exception"
+  | "timeout"
+  | "memory"
+  | "session"
+  | "crash";
+
+/** All error kinds, for validation and documentation. */
+export const ERROR_KINDS: readonly ErrorKind[] = [
+  "exception",
+  "timeout",
+  "memory",
+  "session",
+  "crash",
+];
+
+/** Details of a failed execution. */
+export interface ExecutionError {
+  /** The machine-readable reason. */
+  kind: ErrorKind;
+  /** The Python exception's class name, when there is one. */
+  type?: string;
+  /** A human-readable message. */
+  message: string;
+  /** The Python traceback, limited to the user's own frames. */
+  traceback?: string;
+}
+
+/** A JSON-safe value: what `result` can hold. */
+export type JsonValue =
+  | null
+  | boolean
+  | number
+  | string
+  | JsonValue[]
+  | { [key: string]: JsonValue };
+
+/** Stands in for a last-expression value that is not JSON-safe. */
+export interface NotSerializable {
+  /** Always `"not_serializable"`. */
+  type: "not_serializable";
+  /** The value's Python type, e.g. `"set"` or `"fractions.Fraction"`. */
+  pythonType: string;
+  /** `repr()` of the value, cut at 10,000 characters. */
+  repr: string;
+}
+
+/** JSON-safe metadata that travels with session bytes. */
+export interface SessionMetadata {
+  /** The Pyodide version that made the session. */
+  pyodideVersion: string;
+  /** When the session was created (ISO 8601). */
+  createdAt: string;
+  /** When the session was last saved (ISO 8601). */
+  updatedAt: string;
+  /** Other JSON-safe fields. */
+  [key: string]: JsonValue;
+}
+
+/** What every run returns. */
+export interface CodeExecutionResult {
+  /** `"success"`, or `"error"` with details in `error`. */
+  status: "success" | "error";
+  /** Everything Python wrote to stdout, byte-exact. */
+  stdout: string;
+  /** Everything Python wrote to stderr, plus the sandbox's own messages. */
+  stderr: string;
+  /**
+   * The value of the last expression: JSON-safe data, with values that are
+   * not JSON-safe replaced by a {@linkcode NotSerializable} marker.
+   */
+  result: JsonValue;
+  /** Wall-clock seconds of the whole call, start-up included. */
+  executionTime: number;
+  /** The session state to continue from (stateful runs only). */
+  sessionBytes?: Uint8Array;
+  /** Metadata that belongs to `sessionBytes`. */
+  sessionMetadata?: SessionMetadata;
+  /** Set when `status` is `"error"`. */
+  error?: ExecutionError;
+}
