@@ -342,7 +342,7 @@ export class SandboxChild {
   /** A short description of how the child ended, for error messages. */
   describeExit(): string {
     const code = this.#exitCode;
-    const diag = this.#diag.trim().split("\n").slice(-5).join("\n");
+    const diag = this.#diag.trim().split("\n").slice(-40).join("\n");
     let text = code === undefined
       ? "the process is still running"
       : `the process exited with code ${code}`;

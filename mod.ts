@@ -28,6 +28,11 @@ export {
   type SessionOptions,
 } from "./sandbox.ts";
 export {
+  SyncPyodideSandbox,
+  SyncPyodideSession,
+  type SyncResult,
+} from "./sync_sandbox.ts";
+export {
   buildPermissionFlag,
   type PermissionName,
   type PermissionOptions,

@@ -145,13 +145,21 @@ def _flush():
             pass
 
 _request = {}
+_current = {}
+
+def cancel_current():
+    task = _current.get("task")
+    if task is not None and not task.done():
+        task.cancel()
 
 def set_request(code):
     _request["code"] = code
 
 async def run():
     from pyodide.code import eval_code_async
+    import asyncio
     code = _request.pop("code")
+    _current["task"] = asyncio.current_task()
     linecache.cache[_FILENAME] = (len(code), None, code.splitlines(True), _FILENAME)
     try:
         value = await eval_code_async(
@@ -170,6 +178,7 @@ async def run():
     except BaseException as e:
         out = {"ok": False, "error": _format_error(e)}
     finally:
+        _current.clear()
         _flush()
     value = None
     try:
@@ -189,7 +198,26 @@ def drop_js_globals():
     gc.collect()
     return ",".join(dropped)
 
-for _name in ("set_request", "run", "drop_js_globals"):
+import time as _time
+
+def _sleep(secs):
+    # Pyodide's own time.sleep suspends the WebAssembly stack (JSPI), and an
+    # interrupt arriving then kills the interpreter. This one blocks in
+    # short slices, so a timeout's KeyboardInterrupt lands between them.
+    secs = float(secs)
+    if secs < 0:
+        raise ValueError("sleep length must be non-negative")
+    import js
+    end = _time.monotonic() + secs
+    while True:
+        left = end - _time.monotonic()
+        if left <= 0:
+            break
+        js.__pyodideSandboxSleep(min(left, 0.02))
+
+_time.sleep = _sleep
+
+for _name in ("set_request", "run", "drop_js_globals", "cancel_current"):
     setattr(_mod, _name, globals()[_name])
 os.makedirs("/home/pyodide", exist_ok=True)
 `;
@@ -221,6 +249,9 @@ self.onmessage = (e) => { interrupt = new Uint8Array(e.data); };
       const type = buf[0];
       if (type === 3) {
         if (interrupt) { interrupt[0] = 2; }
+        // Also tell the main thread: code that is awaiting (not running
+        // bytecode) never sees the interrupt buffer, so it is cancelled.
+        self.postMessage({ type, json: "null", bin: new Uint8Array(0) });
       } else {
         const json = new TextDecoder().decode(buf.subarray(9, 9 + jsonLength));
         const bin = buf.slice(9 + jsonLength, total);
@@ -313,7 +344,9 @@ async function main(): Promise<void> {
   worker.postMessage(interruptBuffer);
   const inbox: InMessage[] = [];
   let wake: (() => void) | undefined;
+  let onInterrupt = (): void => {};
   worker.onmessage = (e: MessageEvent<InMessage>) => {
+    if (e.data.type === ToChild.interrupt) return onInterrupt();
     inbox.push(e.data);
     wake?.();
   };
@@ -330,6 +363,8 @@ async function main(): Promise<void> {
   const init = JSON.parse(first.json) as InitRequest;
   nonce = hexToBytes(init.nonce);
 
+  // The child runs with --no-config, so no import map: the exact specifier.
+  // deno-lint-ignore no-import-prefix
   const { loadPyodide } = await import("npm:pyodide@314.0.7");
   const zlib = await import("node:zlib");
   const started = performance.now();
@@ -343,7 +378,7 @@ async function main(): Promise<void> {
   }
   let restoredFiles: Uint8Array | undefined;
   if (first.bin.length > 0) {
-    const state = unpackState(zlib.inflateRawSync(first.bin));
+    const state = unpackState(new U8(zlib.inflateRawSync(first.bin)));
     pyodide = await loadPyodide(
       { _loadSnapshot: state.snapshot, _makeSnapshot: true } as never,
     );
@@ -368,9 +403,26 @@ async function main(): Promise<void> {
   }
   if (restoredFiles) writeFiles(pyodide, restoredFiles);
   pyodide.setInterruptBuffer(new U8(interruptBuffer));
+  const sleepCell = new Int32Array(new SharedArrayBuffer(4));
+  Object.defineProperty(globalThis, "__pyodideSandboxSleep", {
+    value: (seconds: number) => {
+      Atomics.wait(sleepCell, 0, 0, Math.max(0, Number(seconds) * 1000));
+    },
+  });
   const sandboxModule = pyodide.pyimport("_pyodide_sandbox");
   const setRequest = sandboxModule.set_request;
   const dropJsGlobals = sandboxModule.drop_js_globals;
+  const cancelCurrent = sandboxModule.cancel_current;
+  onInterrupt = () => {
+    // Python is not running bytecode (the event loop is turning), so the
+    // buffer would only fire later, somewhere in the runner: cancel instead.
+    new U8(interruptBuffer)[0] = 0;
+    try {
+      cancelCurrent();
+    } catch (error) {
+      send(ToParent.stderr, null, encoder.encode(`cancel failed: ${error}\n`));
+    }
+  };
   pyodide.setStdout({
     write(buf: Uint8Array) {
       send(ToParent.stdout, null, buf);
@@ -424,11 +476,20 @@ async function main(): Promise<void> {
           { globals: pyodide.toPy({}) },
         );
       } catch (error) {
-        send(ToParent.fatal, { message: String(error) });
-        Deno.exit(70);
+        if (!String(error).includes("KeyboardInterrupt")) {
+          send(ToParent.fatal, { message: String(error) });
+          Deno.exit(70);
+        }
+        // The interrupt landed outside the user's code (while the result
+        // was being prepared): report it as an interrupted run.
+        out = JSON.stringify({
+          ok: false,
+          error: { type: "KeyboardInterrupt", message: "", traceback: "" },
+        });
       }
       const interrupted = new U8(interruptBuffer)[0] !== 0 ||
-        out.includes('"type": "KeyboardInterrupt"');
+        out.includes('"type": "KeyboardInterrupt"') ||
+        out.includes('"type": "CancelledError"');
       new U8(interruptBuffer)[0] = 0;
       const header: Record<string, unknown> = { out, interrupted };
       let bin: Uint8Array | undefined;
@@ -537,7 +598,7 @@ function unpackState(
     packed,
   );
   return {
-    snapshot: data.subarray(0, index.snapshot),
+    snapshot: data.slice(0, index.snapshot),
     files: data.subarray(index.snapshot, index.snapshot + index.files),
   };
 }

@@ -17,7 +17,12 @@ import type {
   JsonValue,
   SessionMetadata,
 } from "./result.ts";
-import { type CallOutcome, type ChildSpec, SandboxChild } from "./_child.ts";
+import {
+  type CallOptions,
+  type CallOutcome,
+  type ChildSpec,
+  SandboxChild,
+} from "./_child.ts";
 import {
   checkDeno,
   childArgs,
@@ -159,6 +164,17 @@ export interface ExecuteOptions {
    * @default {undefined}
    */
   signal?: AbortSignal;
+  /**
+   * Receives stdout text while the code runs, in order and byte-exact (the
+   * result still carries the whole, capped, output).
+   * @default {undefined}
+   */
+  onStdout?: (text: string) => void;
+  /**
+   * Receives stderr text while the code runs.
+   * @default {undefined}
+   */
+  onStderr?: (text: string) => void;
 }
 
 /** Options of a live session. */
@@ -230,6 +246,8 @@ const EXECUTE_OPTION_NAMES = new Set([
   "sessionMetadata",
   "stdin",
   "signal",
+  "onStdout",
+  "onStderr",
 ]);
 
 function checkNumber(
@@ -405,6 +423,8 @@ interface CallSettings {
   sessionBytes?: Uint8Array;
   sessionMetadata?: SessionMetadata;
   signal?: AbortSignal;
+  onStdout?: (text: string) => void;
+  onStderr?: (text: string) => void;
 }
 
 /**
@@ -487,6 +507,15 @@ export class BasePyodideSandbox {
       throw new TypeError("Invalid signal: expected an AbortSignal");
     }
     checkSessionPair(options.sessionBytes, options.sessionMetadata);
+    for (const name of ["onStdout", "onStderr"] as const) {
+      if (
+        options[name] !== undefined && typeof options[name] !== "function"
+      ) {
+        throw new TypeError(
+          `Invalid ${name}: expected a function, got ${typeof options[name]}`,
+        );
+      }
+    }
     return {
       code,
       timeoutSeconds: options.timeoutSeconds === undefined
@@ -499,6 +528,8 @@ export class BasePyodideSandbox {
       sessionBytes: options.sessionBytes,
       sessionMetadata: options.sessionMetadata,
       signal: options.signal,
+      onStdout: options.onStdout,
+      onStderr: options.onStderr,
     };
   }
 
@@ -684,7 +715,8 @@ export async function resultFromOutcome(
     const e = out.error;
     const kind: ErrorKind = e.type === "MemoryError"
       ? "memory"
-      : e.type === "KeyboardInterrupt" && outcome.interrupted
+      : (e.type === "KeyboardInterrupt" || e.type === "CancelledError") &&
+          outcome.interrupted
       ? "timeout"
       : "exception";
     result.error = kind === "timeout"
@@ -980,6 +1012,8 @@ export class PyodideSandbox extends BasePyodideSandbox {
         soft: false,
         signal: call.signal,
         maxOutputBytes: this.settings.maxOutputBytes,
+        onStdout: call.onStdout,
+        onStderr: call.onStderr,
       });
       if (outcome.ended === "abort") {
         throw call.signal?.reason ?? new DOMException("Aborted", "AbortError");
@@ -1119,12 +1153,7 @@ function emptyOutput() {
 async function runOnChild(
   child: SandboxChild,
   request: { code: string; stdin?: string; wantState: boolean },
-  options: {
-    deadline: number;
-    soft: boolean;
-    signal?: AbortSignal;
-    maxOutputBytes: number;
-  },
+  options: CallOptions,
 ): Promise<CallOutcome> {
   // call() sends the request at once; the runner queues it until Pyodide
   // has loaded, so one deadline covers start-up and execution.
@@ -1259,6 +1288,8 @@ export class PyodideSession {
           soft: true,
           signal: call.signal,
           maxOutputBytes: this.#ctx.settings.maxOutputBytes,
+          onStdout: call.onStdout,
+          onStderr: call.onStderr,
         });
         if (!outcome.frame) {
           this.#lost = `The session was lost: its process was ended after ${

@@ -1,0 +1,93 @@
+/**
+ * The worker behind {@linkcode SyncPyodideSandbox}: it hosts an async
+ * {@linkcode PyodideSandbox} and answers requests from the blocked caller
+ * thread through a MessagePort plus a shared counter the caller waits on.
+ *
+ * @module
+ */
+
+import { workerData } from "node:worker_threads";
+import type { MessagePort } from "node:worker_threads";
+import { PyodideSandbox, type PyodideSession } from "./sandbox.ts";
+import { fromShared, toShared } from "./_shared_bytes.ts";
+
+interface Data {
+  port: MessagePort;
+  control: SharedArrayBuffer;
+  options: Record<string, unknown>;
+}
+
+const { port, control, options } = workerData as Data;
+const counter = new Int32Array(control);
+const sandbox = new PyodideSandbox({ ...options, skipDenoCheck: true });
+const sessions = new Map<string, PyodideSession>();
+
+function post(message: unknown): void {
+  port.postMessage(message);
+  Atomics.add(counter, 0, 1);
+  Atomics.notify(counter, 0);
+}
+
+function errorInfo(error: unknown): Record<string, unknown> {
+  if (error instanceof Error) {
+    return { name: error.name, message: error.message };
+  }
+  return { name: "Error", message: String(error) };
+}
+
+function sharedResult(result: Record<string, unknown>): unknown {
+  const out = { ...result };
+  if (out.sessionBytes instanceof Uint8Array) {
+    out.sessionBytes = toShared(out.sessionBytes);
+  }
+  return out;
+}
+
+// deno-lint-ignore no-explicit-any
+async function handle(request: any): Promise<unknown> {
+  const opts = { ...(request.options ?? {}) };
+  if (opts.sessionBytes) opts.sessionBytes = fromShared(opts.sessionBytes);
+  switch (request.op) {
+    case "execute":
+      return sharedResult(
+        { ...await sandbox.execute(request.code, opts) },
+      );
+    case "openSession": {
+      const session = await sandbox.openSession(opts);
+      sessions.set(session.id, session);
+      return session.id;
+    }
+    case "sessionExecute": {
+      const session = sessions.get(request.session);
+      if (!session) throw new TypeError("The session is closed");
+      return sharedResult(
+        { ...await session.execute(request.code, opts) },
+      );
+    }
+    case "sessionSave": {
+      const session = sessions.get(request.session);
+      if (!session) throw new TypeError("The session is closed");
+      const saved = await session.save();
+      return sharedResult({ ...saved });
+    }
+    case "sessionClose": {
+      const session = sessions.get(request.session);
+      sessions.delete(request.session);
+      await session?.close();
+      return null;
+    }
+    case "close":
+      await sandbox.close();
+      return null;
+  }
+  throw new TypeError(`Unknown request: ${request.op}`);
+}
+
+port.on("message", async (request: { id: number }) => {
+  try {
+    post({ id: request.id, ok: true, value: await handle(request) });
+  } catch (error) {
+    post({ id: request.id, ok: false, error: errorInfo(error) });
+  }
+});
+post({ id: 0, ok: true, value: "ready" });

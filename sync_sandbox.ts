@@ -1,0 +1,367 @@
+/**
+ * {@linkcode SyncPyodideSandbox}: the blocking twin of `PyodideSandbox`, for
+ * code that cannot await. The caller's thread waits (`Atomics.wait`) while a
+ * worker thread runs the async sandbox, so timeouts, the memory watchdog and
+ * aborts of children work exactly as in the async API.
+ *
+ * @module
+ */
+
+import {
+  MessageChannel,
+  type MessagePort,
+  receiveMessageOnPort,
+  Worker,
+} from "node:worker_threads";
+import {
+  BasePyodideSandbox,
+  type ExecuteOptions,
+  type ExtraResultFields,
+  type SandboxOptions,
+  type SavedSession,
+  SessionError,
+  type SessionOptions,
+} from "./sandbox.ts";
+import type { CodeExecutionResult } from "./result.ts";
+import { fromShared, toShared } from "./_shared_bytes.ts";
+
+/** Extra time the caller waits for the worker beyond a call's own timeout. */
+const WORKER_MARGIN_MS = 30_000;
+
+/** Result of the sync API. */
+export type SyncResult = CodeExecutionResult & ExtraResultFields;
+
+interface Reply {
+  id: number;
+  ok: boolean;
+  value?: unknown;
+  error?: { name: string; message: string };
+}
+
+/** The worker, its port, and the shared counter the caller waits on. */
+class Bridge {
+  #worker: Worker;
+  #port: MessagePort;
+  #counter: Int32Array;
+  #seen = 0;
+  #nextId = 1;
+  #replies = new Map<number, Reply>();
+  #closed = false;
+
+  constructor(options: Record<string, unknown>) {
+    const { port1, port2 } = new MessageChannel();
+    const control = new SharedArrayBuffer(4);
+    this.#counter = new Int32Array(control);
+    this.#port = port1;
+    this.#worker = new Worker(new URL("./_sync_worker.ts", import.meta.url), {
+      workerData: { port: port2, control, options },
+      transferList: [port2],
+    });
+    this.#worker.unref();
+    this.#port.unref?.();
+    this.#wait(0, 60_000);
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  #drain(): void {
+    for (;;) {
+      const message = receiveMessageOnPort(this.#port);
+      if (!message) break;
+      const reply = message.message as Reply;
+      this.#replies.set(reply.id, reply);
+    }
+  }
+
+  #wait(id: number, timeoutMs: number): unknown {
+    const end = performance.now() + timeoutMs;
+    for (;;) {
+      this.#drain();
+      const reply = this.#replies.get(id);
+      if (reply) {
+        this.#replies.delete(id);
+        if (reply.ok) return reply.value;
+        const { name, message } = reply.error!;
+        const ErrorClass = name === "TypeError"
+          ? TypeError
+          : name === "RangeError"
+          ? RangeError
+          : name === "SessionError"
+          ? SessionError
+          : Error;
+        throw new ErrorClass(message);
+      }
+      const left = end - performance.now();
+      if (left <= 0) {
+        throw new Error(
+          "The sandbox worker did not answer: it stopped responding in time",
+        );
+      }
+      const seen = Atomics.load(this.#counter, 0);
+      if (seen === this.#seen) Atomics.wait(this.#counter, 0, seen, left);
+      this.#seen = Atomics.load(this.#counter, 0);
+    }
+  }
+
+  request(message: Record<string, unknown>, timeoutMs: number): unknown {
+    if (this.#closed) throw new TypeError("The sandbox is closed");
+    const id = this.#nextId++;
+    this.#port.postMessage({ ...message, id });
+    return this.#wait(id, timeoutMs);
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    try {
+      this.request({ op: "close" }, WORKER_MARGIN_MS);
+    } finally {
+      this.#closed = true;
+      this.#worker.terminate();
+      this.#port.close();
+    }
+  }
+}
+
+function toWire(
+  options: ExecuteOptions | SessionOptions,
+): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...options };
+  if (options.sessionBytes instanceof Uint8Array) {
+    out.sessionBytes = toShared(options.sessionBytes);
+  }
+  return out;
+}
+
+function fromWire(value: unknown): SyncResult {
+  const result = value as SyncResult & { sessionBytes?: unknown };
+  if (result.sessionBytes instanceof SharedArrayBuffer) {
+    result.sessionBytes = fromShared(result.sessionBytes);
+  }
+  return result;
+}
+
+/**
+ * Runs untrusted Python like `PyodideSandbox`, but blocks the calling thread
+ * until the result is there. Timeouts are real: the child is killed when
+ * they pass.
+ *
+ * @example
+ * ```ts ignore
+ * import { SyncPyodideSandbox } from "./sync_sandbox.ts";
+ * using sandbox = new SyncPyodideSandbox();
+ * const result = sandbox.execute("print('hi'); 1 + 1");
+ * console.log(result.stdout, result.result); // "hi\n" 2
+ * ```
+ */
+export class SyncPyodideSandbox extends BasePyodideSandbox {
+  #options: SandboxOptions;
+  #bridge?: Bridge;
+
+  /**
+   * Creates a sandbox. The worker thread starts on the first call.
+   *
+   * @param options The same options as `PyodideSandbox`.
+   * @throws {TypeError} When an option has the wrong type.
+   * @throws {RangeError} When a number is out of range.
+   * @throws {Error} When `deno` cannot be run (unless `skipDenoCheck`).
+   */
+  constructor(options: SandboxOptions = {}) {
+    super(options);
+    this.#options = { ...options, cacheDir: this.settings.cacheDir };
+  }
+
+  #worker(): Bridge {
+    if (this.#bridge?.closed) throw new TypeError("The sandbox is closed");
+    this.#bridge ??= new Bridge({ ...this.#options });
+    return this.#bridge;
+  }
+
+  #timeoutMs(seconds: number): number {
+    return seconds * 1000 + WORKER_MARGIN_MS;
+  }
+
+  /**
+   * Runs Python code and blocks until it is done.
+   *
+   * @param code Python source.
+   * @param options Per-call options (no `signal`: the caller is blocked).
+   * @returns The result.
+   * @throws {TypeError} When the code or an option is invalid, `signal` is
+   *   given, or the sandbox is closed.
+   * @throws {RangeError} When the code is too large or a limit is out of
+   *   range.
+   * @example
+   * ```ts ignore
+   * import { SyncPyodideSandbox } from "./sync_sandbox.ts";
+   * const sandbox = new SyncPyodideSandbox();
+   * console.log(sandbox.execute("2 ** 10").result); // 1024
+   * sandbox.close();
+   * ```
+   */
+  execute(code: string, options: ExecuteOptions = {}): SyncResult {
+    if (options?.signal !== undefined) {
+      throw new TypeError(
+        "Invalid execute options: signal is only supported by the async PyodideSandbox",
+      );
+    }
+    const call = this.checkCall(code, options);
+    return fromWire(
+      this.#worker().request({
+        op: "execute",
+        code,
+        options: toWire(options),
+      }, this.#timeoutMs(call.timeoutSeconds)),
+    );
+  }
+
+  /**
+   * Opens a live session (one child and interpreter kept across calls).
+   *
+   * @param options Saved state to resume from and the memory limit.
+   * @returns The session.
+   * @throws {TypeError} When the options are invalid or the sandbox is
+   *   closed.
+   * @throws {SessionError} When the saved state is unusable or the child
+   *   cannot start.
+   * @example
+   * ```ts ignore
+   * import { SyncPyodideSandbox } from "./sync_sandbox.ts";
+   * const sandbox = new SyncPyodideSandbox();
+   * const session = sandbox.openSession();
+   * session.execute("x = 41");
+   * console.log(session.execute("x + 1").result); // 42
+   * session.close();
+   * ```
+   */
+  openSession(options: SessionOptions = {}): SyncPyodideSession {
+    const bridge = this.#worker();
+    const id = bridge.request({
+      op: "openSession",
+      options: toWire(options),
+    }, this.#timeoutMs(this.settings.timeoutSeconds)) as string;
+    return new SyncPyodideSession(
+      bridge,
+      id,
+      (code, opts) => this.checkCall(code, opts).timeoutSeconds,
+      this.settings.timeoutSeconds,
+    );
+  }
+
+  /**
+   * Stops every child and the worker thread.
+   *
+   * @example
+   * ```ts ignore
+   * import { SyncPyodideSandbox } from "./sync_sandbox.ts";
+   * new SyncPyodideSandbox().close();
+   * ```
+   */
+  close(): void {
+    this.#bridge?.close();
+  }
+
+  /** Same as {@linkcode close}. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/**
+ * A live session of {@linkcode SyncPyodideSandbox}.
+ *
+ * @example
+ * ```ts ignore
+ * import { SyncPyodideSandbox } from "./sync_sandbox.ts";
+ * const session = new SyncPyodideSandbox().openSession();
+ * session.execute("y = 2");
+ * const saved = session.save();
+ * session.close();
+ * ```
+ */
+export class SyncPyodideSession {
+  #bridge: Bridge;
+  #check: (code: unknown, options: ExecuteOptions) => number;
+  #timeoutSeconds: number;
+  /** The session's id. */
+  readonly id: string;
+
+  /**
+   * Use `SyncPyodideSandbox.openSession()` instead.
+   *
+   * @param bridge The worker bridge.
+   * @param id The session's id in the worker.
+   * @param check Validates a call and returns its timeout.
+   * @param timeoutSeconds The sandbox's default timeout.
+   */
+  constructor(
+    bridge: Bridge,
+    id: string,
+    check: (code: unknown, options: ExecuteOptions) => number,
+    timeoutSeconds: number,
+  ) {
+    this.#bridge = bridge;
+    this.id = id;
+    this.#check = check;
+    this.#timeoutSeconds = timeoutSeconds;
+  }
+
+  /**
+   * Runs code in the session and blocks until it is done.
+   *
+   * @param code Python source.
+   * @param options `timeoutSeconds` and `stdin`.
+   * @returns The result; kind `"session"` once the session is lost.
+   * @throws {TypeError} When the code or an option is invalid or the
+   *   session is closed.
+   */
+  execute(code: string, options: ExecuteOptions = {}): SyncResult {
+    if (options?.signal !== undefined) {
+      throw new TypeError(
+        "Invalid execute options: signal is only supported by the async API",
+      );
+    }
+    const timeout = this.#check(code, options);
+    return fromWire(this.#bridge.request({
+      op: "sessionExecute",
+      session: this.id,
+      code,
+      options: toWire(options),
+    }, timeout * 1000 + WORKER_MARGIN_MS));
+  }
+
+  /**
+   * Saves the session's state.
+   *
+   * @returns Bytes and metadata to resume from.
+   * @throws {SessionError} When the session is lost or cannot be saved.
+   */
+  save(): SavedSession {
+    const saved = this.#bridge.request({
+      op: "sessionSave",
+      session: this.id,
+    }, this.#timeoutSeconds * 1000 + WORKER_MARGIN_MS) as {
+      sessionBytes: SharedArrayBuffer;
+      sessionMetadata: SavedSession["sessionMetadata"];
+    };
+    return {
+      sessionBytes: fromShared(saved.sessionBytes),
+      sessionMetadata: saved.sessionMetadata,
+    };
+  }
+
+  /** Ends the session's child. */
+  close(): void {
+    if (this.#bridge.closed) return;
+    this.#bridge.request(
+      { op: "sessionClose", session: this.id },
+      WORKER_MARGIN_MS,
+    );
+  }
+
+  /** Same as {@linkcode close}. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
