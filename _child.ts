@@ -167,6 +167,10 @@ export interface CallOutcome {
   exitCode?: number;
   /** A soft interrupt was sent because the deadline passed. */
   interrupted: boolean;
+  /** MIME bundles the code displayed, in order. */
+  displays: Record<string, unknown>[];
+  /** The files frame (index in `json`, contents in `bin`), if any. */
+  files?: Frame;
 }
 
 /** Per-call settings of {@linkcode SandboxChild.call}. */
@@ -179,6 +183,10 @@ export interface CallOptions {
   maxOutputBytes: number;
   onStdout?: (text: string) => void;
   onStderr?: (text: string) => void;
+  /** Receives each display as it arrives. */
+  onDisplay?: (bundle: Record<string, unknown>) => void;
+  /** Answers a host-function call; resolves to the reply JSON text. */
+  onCall?: (request: { name: string; args: unknown[] }) => Promise<string>;
 }
 
 class OutputCollector {
@@ -488,6 +496,8 @@ export class SandboxChild {
     const out = new OutputCollector(options.maxOutputBytes, options.onStdout);
     const err = new OutputCollector(options.maxOutputBytes, options.onStderr);
     let interrupted = false;
+    const displays: Record<string, unknown>[] = [];
+    let files: Frame | undefined;
     return new Promise<CallOutcome>((resolve) => {
       const timers: ReturnType<typeof setTimeout>[] = [];
       let settled = false;
@@ -511,6 +521,8 @@ export class SandboxChild {
           stderrBytes: err.bytes,
           exitCode: this.#exitCode,
           interrupted,
+          displays,
+          files,
         });
       };
       const endBy = (reason: EndReason) => {
@@ -527,7 +539,23 @@ export class SandboxChild {
         if (frame.type === ToParent.stdout) out.push(frame.bin);
         else if (frame.type === ToParent.stderr) err.push(frame.bin);
         else if (frame.type === replyType) finish(frame);
-        else if (frame.type === ToParent.fatal) {
+        else if (frame.type === ToParent.display) {
+          const bundle = frame.json as Record<string, unknown>;
+          displays.push(bundle);
+          options.onDisplay?.(bundle);
+        } else if (frame.type === ToParent.files) files = frame;
+        else if (frame.type === ToParent.call) {
+          const request = frame.json as { name: string; args: unknown[] };
+          const answer = options.onCall
+            ? options.onCall(request)
+            : Promise.resolve(JSON.stringify({
+              ok: false,
+              message: `No host function named ${request.name}`,
+            }));
+          answer.then((text) => {
+            if (!settled) this.send(ToChild.callReply, JSON.parse(text));
+          });
+        } else if (frame.type === ToParent.fatal) {
           err.push(
             new TextEncoder().encode(
               `Sandbox runtime error: ${

@@ -75,6 +75,25 @@ export interface SessionMetadata {
   [key: string]: JsonValue;
 }
 
+/**
+ * A rich display: MIME type to data. Binary types (`image/png`,
+ * `image/jpeg`) are base64 strings, text types are strings,
+ * `application/json` is the JSON value; `text/plain` is always there.
+ */
+export type MimeBundle = Record<string, JsonValue>;
+
+/** A file the code created or changed under the working folder. */
+export interface ResultFile {
+  /** Absolute path inside the sandbox (under `/home/pyodide`). */
+  path: string;
+  /** The file's full size in bytes. */
+  size: number;
+  /** Its contents, cut at the file caps when `truncated`. */
+  content: Uint8Array;
+  /** The contents were cut by `maxFileBytes` or `maxTotalFileBytes`. */
+  truncated: boolean;
+}
+
 /** What every run returns. */
 export interface CodeExecutionResult {
   /** `"success"`, or `"error"` with details in `error`. */
@@ -96,4 +115,8 @@ export interface CodeExecutionResult {
   sessionMetadata?: SessionMetadata;
   /** Set when `status` is `"error"`. */
   error?: ExecutionError;
+  /** Rich displays (`display(obj)`, `_repr_*_` results), in output order. */
+  displays?: MimeBundle[];
+  /** Files created or changed under the working folder. */
+  files?: ResultFile[];
 }

@@ -50,6 +50,7 @@ export const ToParent = {
   display: 7,
   snapshot: 8,
   fatal: 9,
+  files: 10,
 } as const;
 
 /**
@@ -76,6 +77,9 @@ export function encodeToChild(
   out.set(body, 9 + head.length);
   return out;
 }
+
+/** Largest host-function reply the child accepts, in bytes. */
+export const MAX_REPLY_BYTES = 64 * 1024 * 1024;
 
 /** Python helpers, defined once and kept in the base snapshot. */
 const PYTHON_SETUP = String.raw`
@@ -169,6 +173,11 @@ async def run():
             return_mode="last_expr",
             quiet_trailing_semicolon=True,
         )
+        if value is not None:
+            bundle = _mime_bundle(value)
+            if bundle:
+                bundle["text/plain"] = _safe_repr(value)
+                _emit_display(bundle)
         out = {"ok": True, "result": _jsonable(value)}
     except SystemExit as e:
         if e.code is None or e.code == 0:
@@ -198,6 +207,122 @@ def drop_js_globals():
     gc.collect()
     return ",".join(dropped)
 
+
+import base64 as _b64, builtins as _builtins
+
+_MIME_METHODS = (
+    ("_repr_png_", "image/png", True),
+    ("_repr_jpeg_", "image/jpeg", True),
+    ("_repr_svg_", "image/svg+xml", False),
+    ("_repr_html_", "text/html", False),
+    ("_repr_markdown_", "text/markdown", False),
+    ("_repr_json_", "application/json", False),
+)
+
+def _mime_bundle(obj):
+    bundle = {}
+    if isinstance(obj, type):
+        return bundle
+    for name, mime, binary in _MIME_METHODS:
+        method = getattr(obj, name, None)
+        if not callable(method):
+            continue
+        try:
+            data = method()
+        except Exception:
+            continue
+        if isinstance(data, tuple):
+            data = data[0]
+        if data is None:
+            continue
+        if binary:
+            if isinstance(data, str):
+                bundle[mime] = data
+            else:
+                bundle[mime] = _b64.b64encode(bytes(data)).decode("ascii")
+        elif mime == "application/json":
+            bundle[mime] = json.loads(data) if isinstance(data, str) else _jsonable(data)
+        else:
+            bundle[mime] = str(data)
+    return bundle
+
+def _emit_display(bundle):
+    import js
+    js.__pyodideSandboxDisplay(json.dumps(bundle))
+
+def display(*objs, **_ignored):
+    """Show objects as rich output: they become result.displays (MIME bundles)."""
+    _flush()
+    for obj in objs:
+        bundle = _mime_bundle(obj)
+        bundle["text/plain"] = _safe_repr(obj)
+        _emit_display(bundle)
+
+_builtins.display = display
+
+class HostError(Exception):
+    """Raised when a host function fails; carries the host's message."""
+
+def _host_call(name, args, kwargs):
+    if kwargs:
+        raise TypeError("host function %s() takes positional arguments only" % name)
+    try:
+        payload = json.dumps({"name": name, "args": list(args)}, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise TypeError("host function %s(): arguments must be JSON-safe (%s)" % (name, e)) from None
+    _flush()
+    import js
+    reply = json.loads(js.__pyodideSandboxCall(payload))
+    if reply.get("interrupted"):
+        raise KeyboardInterrupt
+    if reply.get("ok"):
+        return reply.get("value")
+    raise HostError(reply.get("message", "host function failed"))
+
+def install_host(names):
+    mod = types.ModuleType("host")
+    mod.HostError = HostError
+    mod.__doc__ = "Functions provided by the host application."
+    for name in json.loads(names):
+        def call(*args, _name=name, **kwargs):
+            return _host_call(_name, args, kwargs)
+        call.__name__ = call.__qualname__ = name
+        setattr(mod, name, call)
+        __main__.__dict__[name] = call
+    sys.modules["host"] = mod
+
+def _patch_matplotlib():
+    if "matplotlib" not in sys.modules:
+        try:
+            import importlib.util
+            if importlib.util.find_spec("matplotlib") is None:
+                return
+        except Exception:
+            return
+    os.environ["MPLBACKEND"] = "agg"
+    try:
+        import matplotlib.pyplot as plt
+    except Exception:
+        return
+    if getattr(plt.show, "_sandbox", False):
+        return
+    def show(*args, **kwargs):
+        import io
+        for num in plt.get_fignums():
+            buf = io.BytesIO()
+            plt.figure(num).savefig(buf, format="png")
+            _emit_display({
+                "image/png": _b64.b64encode(buf.getvalue()).decode("ascii"),
+                "text/plain": "<Figure %d>" % num,
+            })
+        plt.close("all")
+    show._sandbox = True
+    plt.show = show
+
+def prepare(names):
+    install_host(names)
+    _patch_matplotlib()
+
 import time as _time
 
 def _sleep(secs):
@@ -217,7 +342,7 @@ def _sleep(secs):
 
 _time.sleep = _sleep
 
-for _name in ("set_request", "run", "drop_js_globals", "cancel_current"):
+for _name in ("set_request", "run", "drop_js_globals", "cancel_current", "prepare", "display", "HostError"):
     setattr(_mod, _name, globals()[_name])
 os.makedirs("/home/pyodide", exist_ok=True)
 `;
@@ -225,6 +350,8 @@ os.makedirs("/home/pyodide", exist_ok=True)
 /** Code of the Worker that reads the parent's frames from stdin. */
 const STDIN_WORKER = `
 let interrupt;
+let replyControl;
+let replyData;
 let buf = new Uint8Array(0);
 function append(chunk) {
   const next = new Uint8Array(buf.length + chunk.length);
@@ -232,7 +359,20 @@ function append(chunk) {
   next.set(chunk, buf.length);
   buf = next;
 }
-self.onmessage = (e) => { interrupt = new Uint8Array(e.data); };
+self.onmessage = (e) => {
+  interrupt = new Uint8Array(e.data.interrupt);
+  replyControl = new Int32Array(e.data.replyControl);
+  replyData = e.data.replyData;
+};
+function reply(bytes) {
+  // A host function's answer: the main thread is blocked in Atomics.wait
+  // inside Python, so it goes through shared memory, not a message.
+  if (replyData.byteLength < bytes.length) replyData.grow(bytes.length);
+  new Uint8Array(replyData).set(bytes);
+  Atomics.store(replyControl, 1, bytes.length);
+  Atomics.add(replyControl, 0, 1);
+  Atomics.notify(replyControl, 0);
+}
 (async () => {
   const chunk = new Uint8Array(1 << 16);
   for (;;) {
@@ -247,7 +387,9 @@ self.onmessage = (e) => { interrupt = new Uint8Array(e.data); };
       const total = 9 + jsonLength + binLength;
       if (buf.length < total) break;
       const type = buf[0];
-      if (type === 3) {
+      if (type === 5) {
+        reply(buf.slice(9, 9 + jsonLength));
+      } else if (type === 3) {
         if (interrupt) { interrupt[0] = 2; }
         // Also tell the main thread: code that is awaiting (not running
         // bytecode) never sees the interrupt buffer, so it is cancelled.
@@ -284,6 +426,17 @@ interface ExecRequest {
   code: string;
   stdin?: string;
   wantState: boolean;
+  /** Files to write first (`bin` holds their bytes, in order). */
+  files?: { path: string; size: number }[];
+  /** Names of host functions to expose. */
+  functions?: string[];
+  /** Host paths granted for reading/writing, shown to Python's open(). */
+  hostRead?: string[];
+  hostWrite?: string[];
+  /** The write grants that are folders (the child may not stat them). */
+  hostWriteDirs?: string[];
+  maxFileBytes: number;
+  maxTotalFileBytes: number;
 }
 
 // Captured before any user code runs: user code can replace globals and
@@ -341,7 +494,11 @@ async function main(): Promise<void> {
     ),
     { type: "module", name: "pyodide-sandbox-stdin" },
   );
-  worker.postMessage(interruptBuffer);
+  const replyControl = new SharedArrayBuffer(8);
+  const replyData = new SharedArrayBuffer(1 << 16, {
+    maxByteLength: MAX_REPLY_BYTES,
+  });
+  worker.postMessage({ interrupt: interruptBuffer, replyControl, replyData });
   const inbox: InMessage[] = [];
   let wake: (() => void) | undefined;
   let onInterrupt = (): void => {};
@@ -413,6 +570,25 @@ async function main(): Promise<void> {
   const setRequest = sandboxModule.set_request;
   const dropJsGlobals = sandboxModule.drop_js_globals;
   const cancelCurrent = sandboxModule.cancel_current;
+  const prepare = sandboxModule.prepare;
+  Object.defineProperty(globalThis, "__pyodideSandboxDisplay", {
+    value: (json: string) => send(ToParent.display, JSON.parse(json)),
+  });
+  const replyCounter = new Int32Array(replyControl);
+  const replyDecoder = new TextDecoder();
+  Object.defineProperty(globalThis, "__pyodideSandboxCall", {
+    value: (payload: string) => {
+      const seen = Atomics.load(replyCounter, 0);
+      send(ToParent.call, JSON.parse(payload));
+      const interrupt = new U8(interruptBuffer);
+      while (Atomics.load(replyCounter, 0) === seen) {
+        if (interrupt[0] !== 0) return '{"interrupted": true}';
+        Atomics.wait(replyCounter, 0, seen, 20);
+      }
+      const length = Atomics.load(replyCounter, 1);
+      return replyDecoder.decode(new U8(replyData).slice(0, length));
+    },
+  });
   onInterrupt = () => {
     // Python is not running bytecode (the event loop is turning), so the
     // buffer would only fire later, somewhere in the runner: cancel instead.
@@ -468,9 +644,28 @@ async function main(): Promise<void> {
       const request = JSON.parse(message.json) as ExecRequest;
       new U8(interruptBuffer)[0] = 0;
       setStdin(pyodide, request.stdin);
-      setRequest(request.code);
+      const warnings: string[] = [];
+      writeInputFiles(pyodide, request.files ?? [], message.bin);
+      for (const path of request.hostRead ?? []) {
+        copyHostIn(pyodide, path, warnings);
+      }
+      for (const path of request.hostWrite ?? []) {
+        copyHostIn(pyodide, path, warnings);
+        const dir = (request.hostWriteDirs ?? []).includes(path)
+          ? path
+          : path.slice(0, path.lastIndexOf("/"));
+        if (!RESERVED.some((r) => within(dir, r)) && dir) {
+          pyodide.FS.mkdirTree(dir);
+        }
+      }
+      const before = fileStates(pyodide, [HOME, ...(request.hostWrite ?? [])]);
+      for (const warning of warnings) {
+        send(ToParent.stderr, null, encoder.encode(`${warning}\n`));
+      }
       let out: string;
       try {
+        prepare(JSON.stringify(request.functions ?? []));
+        setRequest(request.code);
         out = await pyodide.runPythonAsync(
           "await __import__('_pyodide_sandbox').run()",
           { globals: pyodide.toPy({}) },
@@ -487,6 +682,20 @@ async function main(): Promise<void> {
           error: { type: "KeyboardInterrupt", message: "", traceback: "" },
         });
       }
+      const changed = changedFiles(pyodide, before, [
+        HOME,
+        ...(request.hostWrite ?? []),
+      ]);
+      const copyBack = changed.filter((p) =>
+        (request.hostWrite ?? []).some((root) => within(p, root))
+      );
+      for (const path of copyBack) copyHostOut(pyodide, path);
+      sendFiles(
+        pyodide,
+        changed.filter((p) => within(p, HOME)),
+        request.maxFileBytes,
+        request.maxTotalFileBytes,
+      );
       const interrupted = new U8(interruptBuffer)[0] !== 0 ||
         out.includes('"type": "KeyboardInterrupt"') ||
         out.includes('"type": "CancelledError"');
@@ -543,6 +752,191 @@ function readFiles(pyodide: Pyodide): Uint8Array {
   }
   walk(HOME);
   return concatWithIndex(entries, blobs);
+}
+
+function within(path: string, root: string): boolean {
+  return path === root ||
+    path.startsWith(root.endsWith("/") ? root : root + "/");
+}
+
+function sandboxPath(path: string): string {
+  const absolute = path.startsWith("/") ? path : `${HOME}/${path}`;
+  const parts: string[] = [];
+  for (const part of absolute.split("/")) {
+    if (part === "" || part === ".") continue;
+    if (part === "..") parts.pop();
+    else parts.push(part);
+  }
+  return "/" + parts.join("/");
+}
+
+function writeInputFiles(
+  pyodide: Pyodide,
+  files: { path: string; size: number }[],
+  bin: Uint8Array,
+): void {
+  let offset = 0;
+  for (const file of files) {
+    const path = sandboxPath(file.path);
+    const dir = path.slice(0, path.lastIndexOf("/")) || "/";
+    pyodide.FS.mkdirTree(dir);
+    pyodide.FS.writeFile(path, bin.subarray(offset, offset + file.size));
+    offset += file.size;
+  }
+}
+
+/** Folders of Pyodide's own filesystem that host folders may not replace. */
+const RESERVED = ["/lib", "/dev", "/proc", "/sys", "/bin"];
+/** Most bytes copied in from host folders per call. */
+const HOST_COPY_LIMIT = 256 * 1024 * 1024;
+/** Most files copied in from host folders per call. */
+const HOST_COPY_FILES = 10_000;
+
+function copyHostIn(pyodide: Pyodide, root: string, warnings: string[]): void {
+  if (RESERVED.some((r) => within(root, r)) || root === "/") {
+    warnings.push(
+      `Warning: ${root} is not shown to Python's open() (it would replace Pyodide's own files); use js.Deno to reach it`,
+    );
+    return;
+  }
+  const FS = pyodide.FS;
+  let bytes = 0;
+  let count = 0;
+  function visit(path: string): void {
+    let info: Deno.FileInfo;
+    try {
+      info = Deno.statSync(path);
+    } catch {
+      return; // Not there, or not readable (a write-only grant).
+    }
+    if (info.isDirectory) {
+      FS.mkdirTree(path);
+      let entries: Deno.DirEntry[];
+      try {
+        entries = [...Deno.readDirSync(path)];
+      } catch {
+        return;
+      }
+      for (const entry of entries) visit(`${path}/${entry.name}`);
+    } else if (info.isFile) {
+      if (count >= HOST_COPY_FILES || bytes + info.size > HOST_COPY_LIMIT) {
+        warnings.push(
+          `Warning: ${path} was not copied in: host folders are capped at ${HOST_COPY_FILES} files and ${HOST_COPY_LIMIT} bytes per call`,
+        );
+        return;
+      }
+      try {
+        const data = Deno.readFileSync(path);
+        FS.mkdirTree(path.slice(0, path.lastIndexOf("/")) || "/");
+        FS.writeFile(path, data);
+        bytes += data.length;
+        count++;
+      } catch {
+        // Unreadable: leave it out.
+      }
+    }
+  }
+  visit(root);
+}
+
+function copyHostOut(pyodide: Pyodide, path: string): void {
+  try {
+    const data = pyodide.FS.readFile(path) as Uint8Array;
+    Deno.mkdirSync(path.slice(0, path.lastIndexOf("/")) || "/", {
+      recursive: true,
+    });
+    Deno.writeFileSync(path, data);
+  } catch (error) {
+    send(
+      ToParent.stderr,
+      null,
+      encoder.encode(
+        `Warning: ${path} was not written back to the host: ${error}\n`,
+      ),
+    );
+  }
+}
+
+type FileStates = Map<string, string>;
+
+function walkFiles(
+  pyodide: Pyodide,
+  root: string,
+  visit: (path: string, stat: { size: number; mtime: Date }) => void,
+): void {
+  const FS = pyodide.FS;
+  let stat;
+  try {
+    stat = FS.lstat(root);
+  } catch {
+    return;
+  }
+  if (FS.isFile(stat.mode)) {
+    visit(root, stat);
+    return;
+  }
+  if (!FS.isDir(stat.mode)) return;
+  for (const name of FS.readdir(root) as string[]) {
+    if (name === "." || name === "..") continue;
+    walkFiles(pyodide, root === "/" ? `/${name}` : `${root}/${name}`, visit);
+  }
+}
+
+function fileStates(pyodide: Pyodide, roots: string[]): FileStates {
+  const states: FileStates = new Map();
+  for (const root of roots) {
+    walkFiles(pyodide, root, (path, stat) => {
+      states.set(path, `${stat.size}:${new Date(stat.mtime).getTime()}`);
+    });
+  }
+  return states;
+}
+
+function changedFiles(
+  pyodide: Pyodide,
+  before: FileStates,
+  roots: string[],
+): string[] {
+  const after = fileStates(pyodide, roots);
+  const changed: string[] = [];
+  for (const [path, state] of after) {
+    if (before.get(path) !== state) changed.push(path);
+  }
+  return changed;
+}
+
+function sendFiles(
+  pyodide: Pyodide,
+  paths: string[],
+  maxFileBytes: number,
+  maxTotalFileBytes: number,
+): void {
+  if (paths.length === 0) return;
+  const index: {
+    path: string;
+    size: number;
+    length: number;
+    truncated: boolean;
+  }[] = [];
+  const blobs: Uint8Array[] = [];
+  let total = 0;
+  for (const path of paths.sort()) {
+    const data = pyodide.FS.readFile(path) as Uint8Array;
+    const length = Math.max(
+      0,
+      Math.min(data.length, maxFileBytes, maxTotalFileBytes - total),
+    );
+    total += length;
+    index.push({
+      path,
+      size: data.length,
+      length,
+      truncated: length < data.length,
+    });
+    blobs.push(data.subarray(0, length));
+  }
+  const packed = concatWithIndex(index, blobs);
+  send(ToParent.files, null, packed);
 }
 
 function writeFiles(pyodide: Pyodide, packed: Uint8Array): void {

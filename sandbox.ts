@@ -15,6 +15,8 @@ import type {
   CodeExecutionResult,
   ErrorKind,
   JsonValue,
+  MimeBundle,
+  ResultFile,
   SessionMetadata,
 } from "./result.ts";
 import {
@@ -37,7 +39,12 @@ import {
 } from "./_setup.ts";
 import { ensureSnapshot } from "./_snapshot.ts";
 import { openSession, sealSession, SessionError } from "./_session_bytes.ts";
-import { PYODIDE_VERSION, ToChild, ToParent } from "./runner.ts";
+import {
+  MAX_REPLY_BYTES,
+  PYODIDE_VERSION,
+  ToChild,
+  ToParent,
+} from "./runner.ts";
 import { Semaphore } from "./_semaphore.ts";
 
 /** Memory the child needs beyond `memoryLimitMb` (V8, Deno, Pyodide's JS). */
@@ -119,7 +126,30 @@ export interface SandboxOptions extends PermissionOptions {
    * @default {10485760}
    */
   maxCodeBytes?: number;
+  /**
+   * Host functions Python can call as ordinary synchronous functions, as
+   * global names and from the module `host` (`from host import add`).
+   * Arguments and results are JSON-safe; a thrown error is raised in Python
+   * as `host.HostError` with its message.
+   * @default {{}}
+   */
+  functions?: Record<string, HostFunction>;
+  /**
+   * Largest returned file content in `result.files`, in bytes.
+   * @default {10485760}
+   */
+  maxFileBytes?: number;
+  /**
+   * Largest total of returned file contents per call, in bytes.
+   * @default {52428800}
+   */
+  maxTotalFileBytes?: number;
 }
+
+/** A host function callable from Python. */
+export type HostFunction = (
+  ...args: JsonValue[]
+) => JsonValue | undefined | void | Promise<JsonValue | undefined | void>;
 
 /**
  * Per-call options of `execute`.
@@ -165,6 +195,12 @@ export interface ExecuteOptions {
    */
   signal?: AbortSignal;
   /**
+   * Files written into the sandbox before the run: sandbox path (relative
+   * paths land in the working folder `/home/pyodide`) to contents.
+   * @default {undefined}
+   */
+  files?: Record<string, Uint8Array | string>;
+  /**
    * Receives stdout text while the code runs, in order and byte-exact (the
    * result still carries the whole, capped, output).
    * @default {undefined}
@@ -209,6 +245,9 @@ interface Settings {
   maxConcurrency: number;
   maxOutputBytes: number;
   maxCodeBytes: number;
+  functions: Record<string, HostFunction>;
+  maxFileBytes: number;
+  maxTotalFileBytes: number;
 }
 
 /** The command that starts a child, as built by `buildCommand()`. */
@@ -237,6 +276,9 @@ const OPTION_NAMES = new Set([
   "maxConcurrency",
   "maxOutputBytes",
   "maxCodeBytes",
+  "functions",
+  "maxFileBytes",
+  "maxTotalFileBytes",
 ]);
 
 const EXECUTE_OPTION_NAMES = new Set([
@@ -248,6 +290,7 @@ const EXECUTE_OPTION_NAMES = new Set([
   "signal",
   "onStdout",
   "onStderr",
+  "files",
 ]);
 
 function checkNumber(
@@ -343,6 +386,79 @@ export function checkSessionPair(bytes: unknown, metadata: unknown): void {
   }
 }
 
+const PYTHON_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+function checkFunctions(
+  functions: unknown,
+): Record<string, HostFunction> {
+  if (
+    functions === null || typeof functions !== "object" ||
+    Array.isArray(functions)
+  ) {
+    throw new TypeError(
+      "Invalid functions: expected an object mapping names to functions",
+    );
+  }
+  const out: Record<string, HostFunction> = {};
+  for (const [name, fn] of Object.entries(functions)) {
+    if (!PYTHON_NAME.test(name)) {
+      throw new TypeError(
+        `Invalid functions entry: "${name}" is not a valid Python identifier`,
+      );
+    }
+    if (typeof fn !== "function") {
+      throw new TypeError(
+        `Invalid functions entry: "${name}" is ${typeof fn}, expected a function`,
+      );
+    }
+    out[name] = fn as HostFunction;
+  }
+  return out;
+}
+
+/**
+ * Checks the `files` option and packs it for the child.
+ *
+ * @param files Sandbox path to contents.
+ * @returns The index and the concatenated bytes.
+ * @throws {TypeError} When a path or content is invalid.
+ */
+export function packInputFiles(
+  files: unknown,
+): { index: { path: string; size: number }[]; bin: Uint8Array } {
+  if (files === null || typeof files !== "object" || Array.isArray(files)) {
+    throw new TypeError(
+      "Invalid files: expected an object mapping sandbox paths to Uint8Array or string contents",
+    );
+  }
+  const index: { path: string; size: number }[] = [];
+  const blobs: Uint8Array[] = [];
+  for (const [path, content] of Object.entries(files)) {
+    if (path === "" || path.includes("\0")) {
+      throw new TypeError(
+        `Invalid files entry: ${JSON.stringify(path)} is not a usable path`,
+      );
+    }
+    let bytes: Uint8Array;
+    if (typeof content === "string") bytes = new TextEncoder().encode(content);
+    else if (content instanceof Uint8Array) bytes = content;
+    else {
+      throw new TypeError(
+        `Invalid files entry: "${path}" must be a Uint8Array or a string, got ${typeof content}`,
+      );
+    }
+    index.push({ path, size: bytes.length });
+    blobs.push(bytes);
+  }
+  const bin = new Uint8Array(blobs.reduce((n, b) => n + b.length, 0));
+  let offset = 0;
+  for (const blob of blobs) {
+    bin.set(blob, offset);
+    offset += blob.length;
+  }
+  return { index, bin };
+}
+
 function settingsFrom(options: SandboxOptions): Settings {
   if (options === null || typeof options !== "object") {
     throw new TypeError(
@@ -411,6 +527,21 @@ function settingsFrom(options: SandboxOptions): Settings {
       1024 ** 3,
       true,
     ),
+    functions: checkFunctions(o.functions ?? {}),
+    maxFileBytes: checkNumber(
+      "maxFileBytes",
+      o.maxFileBytes ?? 10 * 1024 * 1024,
+      0,
+      1024 ** 3,
+      true,
+    ),
+    maxTotalFileBytes: checkNumber(
+      "maxTotalFileBytes",
+      o.maxTotalFileBytes ?? 50 * 1024 * 1024,
+      0,
+      4 * 1024 ** 3,
+      true,
+    ),
   };
 }
 
@@ -425,6 +556,8 @@ interface CallSettings {
   signal?: AbortSignal;
   onStdout?: (text: string) => void;
   onStderr?: (text: string) => void;
+  onDisplay?: (bundle: MimeBundle) => void;
+  files?: { index: { path: string; size: number }[]; bin: Uint8Array };
 }
 
 /**
@@ -530,7 +663,53 @@ export class BasePyodideSandbox {
       signal: options.signal,
       onStdout: options.onStdout,
       onStderr: options.onStderr,
+      files: options.files === undefined
+        ? undefined
+        : packInputFiles(options.files),
     };
+  }
+
+  /**
+   * Sends one execution to a child and collects what it produces, answering
+   * host-function calls on the way.
+   *
+   * @param child The child.
+   * @param call The call's settings.
+   * @param how Deadline, soft interrupts and whether to return state.
+   * @returns What the child produced.
+   */
+  protected runCall(
+    child: SandboxChild,
+    call: CallSettings,
+    how: { deadline: number; soft: boolean; wantState: boolean },
+  ): Promise<CallOutcome> {
+    const settings = this.#settings;
+    const perms = settings.permissions;
+    const request = {
+      code: call.code,
+      stdin: call.stdin,
+      wantState: how.wantState,
+      files: call.files?.index,
+      functions: Object.keys(settings.functions),
+      hostRead: Array.isArray(perms.allowRead) ? perms.allowRead : [],
+      hostWrite: Array.isArray(perms.allowWrite) ? perms.allowWrite : [],
+      hostWriteDirs: (Array.isArray(perms.allowWrite) ? perms.allowWrite : [])
+        .filter(isDirectory),
+      maxFileBytes: settings.maxFileBytes,
+      maxTotalFileBytes: settings.maxTotalFileBytes,
+    };
+    return child.call(ToChild.exec, request, call.files?.bin, ToParent.result, {
+      deadline: how.deadline,
+      soft: how.soft,
+      signal: call.signal,
+      maxOutputBytes: settings.maxOutputBytes,
+      onStdout: call.onStdout,
+      onStderr: call.onStderr,
+      onDisplay: call.onDisplay as
+        | ((b: Record<string, unknown>) => void)
+        | undefined,
+      onCall: (request) => callHostFunction(settings.functions, request),
+    });
   }
 
   /**
@@ -674,6 +853,8 @@ export async function resultFromOutcome(
     stderr: outcome.stderr,
     stdoutTruncated: outcome.stdoutTruncated,
     stderrTruncated: outcome.stderrTruncated,
+    displays: outcome.displays as MimeBundle[],
+    files: unpackResultFiles(outcome.files),
   };
   const time = () => (performance.now() - ctx.started) / 1000;
   if (!outcome.frame) {
@@ -760,12 +941,34 @@ export interface ExtraResultFields {
   stderrTruncated: boolean;
 }
 
+function unpackResultFiles(frame: CallOutcome["files"]): ResultFile[] {
+  if (!frame || frame.bin.length < 4) return [];
+  const bin = frame.bin;
+  const length = new DataView(bin.buffer, bin.byteOffset).getUint32(0);
+  const index = JSON.parse(
+    new TextDecoder().decode(bin.subarray(4, 4 + length)),
+  ) as { path: string; size: number; length: number; truncated: boolean }[];
+  let offset = 4 + length;
+  return index.map((entry) => {
+    const content = bin.slice(offset, offset + entry.length);
+    offset += entry.length;
+    return {
+      path: entry.path,
+      size: entry.size,
+      content,
+      truncated: entry.truncated,
+    };
+  });
+}
+
 function errorResult(
   base: {
     stdout: string;
     stderr: string;
     stdoutTruncated: boolean;
     stderrTruncated: boolean;
+    displays?: MimeBundle[];
+    files?: ResultFile[];
   },
   kind: ErrorKind,
   message: string,
@@ -1003,17 +1206,10 @@ export class PyodideSandbox extends BasePyodideSandbox {
         throw error;
       }
       child = acquired.child;
-      const outcome = await runOnChild(child, {
-        code: call.code,
-        stdin: call.stdin,
-        wantState,
-      }, {
+      const outcome = await this.runCall(child, call, {
         deadline,
         soft: false,
-        signal: call.signal,
-        maxOutputBytes: this.settings.maxOutputBytes,
-        onStdout: call.onStdout,
-        onStderr: call.onStderr,
+        wantState,
       });
       if (outcome.ended === "abort") {
         throw call.signal?.reason ?? new DOMException("Aborted", "AbortError");
@@ -1084,6 +1280,7 @@ export class PyodideSandbox extends BasePyodideSandbox {
         memoryLimitMb,
         previous: options.sessionMetadata,
         checkCall: (code, opts) => this.checkCall(code, opts),
+        run: (child, call, how) => this.runCall(child, call, how),
         semaphore: this.#semaphore,
         onClose: () => this.#sessions.delete(session),
       },
@@ -1143,27 +1340,57 @@ function emptyOutput() {
     stderr: "",
     stdoutTruncated: false,
     stderrTruncated: false,
+    displays: [],
+    files: [],
   };
 }
 
+function isDirectory(path: string): boolean {
+  try {
+    return Deno.statSync(path).isDirectory;
+  } catch {
+    return false;
+  }
+}
+
 /**
- * Waits for the child to load (bounded by the deadline and signal) and runs
- * one request on it.
+ * Runs a host function for the child and encodes the reply.
+ *
+ * @param functions The sandbox's functions.
+ * @param request The call from Python.
+ * @returns The reply as JSON text.
  */
-async function runOnChild(
-  child: SandboxChild,
-  request: { code: string; stdin?: string; wantState: boolean },
-  options: CallOptions,
-): Promise<CallOutcome> {
-  // call() sends the request at once; the runner queues it until Pyodide
-  // has loaded, so one deadline covers start-up and execution.
-  return await child.call(
-    ToChild.exec,
-    request,
-    undefined,
-    ToParent.result,
-    options,
-  );
+async function callHostFunction(
+  functions: Record<string, HostFunction>,
+  request: { name: string; args: unknown[] },
+): Promise<string> {
+  const fn = Object.hasOwn(functions, request.name)
+    ? functions[request.name]
+    : undefined;
+  if (!fn) {
+    return JSON.stringify({
+      ok: false,
+      message: `No host function named ${request.name}`,
+    });
+  }
+  try {
+    const value = await fn(...(request.args as JsonValue[]));
+    const text = JSON.stringify({ ok: true, value: value ?? null });
+    if (text.length > MAX_REPLY_BYTES / 2) {
+      return JSON.stringify({
+        ok: false,
+        message: `Host function ${request.name} returned more than ${
+          MAX_REPLY_BYTES / 2
+        } characters`,
+      });
+    }
+    return text;
+  } catch (error) {
+    return JSON.stringify({
+      ok: false,
+      message: error instanceof Error ? error.message : String(error),
+    });
+  }
 }
 
 /** What a session needs from its sandbox. */
@@ -1172,6 +1399,11 @@ interface SessionContext {
   memoryLimitMb: number;
   previous?: SessionMetadata;
   checkCall: (code: unknown, options: ExecuteOptions) => CallSettings;
+  run: (
+    child: SandboxChild,
+    call: CallSettings,
+    how: { deadline: number; soft: boolean; wantState: boolean },
+  ) => Promise<CallOutcome>;
   semaphore: Semaphore;
   onClose: () => void;
 }
@@ -1279,17 +1511,10 @@ export class PyodideSession {
         );
       }
       try {
-        const outcome = await runOnChild(this.#child, {
-          code: call.code,
-          stdin: call.stdin,
-          wantState: false,
-        }, {
+        const outcome = await this.#ctx.run(this.#child, call, {
           deadline,
           soft: true,
-          signal: call.signal,
-          maxOutputBytes: this.#ctx.settings.maxOutputBytes,
-          onStdout: call.onStdout,
-          onStderr: call.onStderr,
+          wantState: false,
         });
         if (!outcome.frame) {
           this.#lost = `The session was lost: its process was ended after ${
