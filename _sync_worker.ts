@@ -15,11 +15,34 @@ interface Data {
   port: MessagePort;
   control: SharedArrayBuffer;
   options: Record<string, unknown>;
+  functionNames: string[];
 }
 
-const { port, control, options } = workerData as Data;
+const { port, control, options, functionNames } = workerData as Data;
 const counter = new Int32Array(control);
-const sandbox = new PyodideSandbox({ ...options, skipDenoCheck: true });
+const pendingCalls = new Map<
+  number,
+  { resolve: (value: unknown) => void; reject: (error: Error) => void }
+>();
+let nextCall = 1;
+
+/** Host functions live on the caller's thread: ask it, wait for its reply. */
+function callerFunction(name: string) {
+  return (...args: unknown[]): Promise<unknown> =>
+    new Promise((resolve, reject) => {
+      const callId = nextCall++;
+      pendingCalls.set(callId, { resolve, reject });
+      post({ event: "call", callId, name, args });
+    });
+}
+
+const sandbox = new PyodideSandbox({
+  ...options,
+  skipDenoCheck: true,
+  functions: Object.fromEntries(
+    functionNames.map((name) => [name, callerFunction(name)]),
+  ),
+});
 const sessions = new Map<string, PyodideSession>();
 
 function post(message: unknown): void {
@@ -47,6 +70,19 @@ function sharedResult(result: Record<string, unknown>): unknown {
 async function handle(request: any): Promise<unknown> {
   const opts = { ...(request.options ?? {}) };
   if (opts.sessionBytes) opts.sessionBytes = fromShared(opts.sessionBytes);
+  // Callbacks stay on the caller's thread: forward the events to it.
+  for (
+    const [flag, event] of [
+      ["onStdout", "stdout"],
+      ["onStderr", "stderr"],
+      ["onDisplay", "display"],
+    ]
+  ) {
+    if (opts[flag]) {
+      opts[flag] = (data: unknown) =>
+        post({ event, request: request.id, data });
+    }
+  }
   switch (request.op) {
     case "execute":
       return sharedResult(
@@ -83,7 +119,15 @@ async function handle(request: any): Promise<unknown> {
   throw new TypeError(`Unknown request: ${request.op}`);
 }
 
-port.on("message", async (request: { id: number }) => {
+// deno-lint-ignore no-explicit-any
+port.on("message", async (request: any) => {
+  if (request.op === "callReply") {
+    const pending = pendingCalls.get(request.callId);
+    pendingCalls.delete(request.callId);
+    if (request.ok) pending?.resolve(request.value);
+    else pending?.reject(new Error(request.message));
+    return;
+  }
   try {
     post({ id: request.id, ok: true, value: await handle(request) });
   } catch (error) {

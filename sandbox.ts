@@ -211,7 +211,18 @@ export interface ExecuteOptions {
    * @default {undefined}
    */
   onStderr?: (text: string) => void;
+  /**
+   * Receives each rich display (MIME bundle) as the code shows it.
+   * @default {undefined}
+   */
+  onDisplay?: (bundle: MimeBundle) => void;
 }
+
+/** One event of {@linkcode PyodideSandbox.executeStream}. */
+export type StreamEvent =
+  | { type: "stdout" | "stderr"; data: string }
+  | { type: "display"; data: MimeBundle }
+  | { type: "result"; result: CodeExecutionResult & ExtraResultFields };
 
 /** Options of a live session. */
 export interface SessionOptions {
@@ -290,6 +301,7 @@ const EXECUTE_OPTION_NAMES = new Set([
   "signal",
   "onStdout",
   "onStderr",
+  "onDisplay",
   "files",
 ]);
 
@@ -640,7 +652,7 @@ export class BasePyodideSandbox {
       throw new TypeError("Invalid signal: expected an AbortSignal");
     }
     checkSessionPair(options.sessionBytes, options.sessionMetadata);
-    for (const name of ["onStdout", "onStderr"] as const) {
+    for (const name of ["onStdout", "onStderr", "onDisplay"] as const) {
       if (
         options[name] !== undefined && typeof options[name] !== "function"
       ) {
@@ -663,6 +675,7 @@ export class BasePyodideSandbox {
       signal: options.signal,
       onStdout: options.onStdout,
       onStderr: options.onStderr,
+      onDisplay: options.onDisplay,
       files: options.files === undefined
         ? undefined
         : packInputFiles(options.files),
@@ -1230,6 +1243,76 @@ export class PyodideSandbox extends BasePyodideSandbox {
         await c.closed;
       }
     }
+  }
+
+  /**
+   * Runs code like {@linkcode execute} and yields its output as it comes:
+   * `stdout`/`stderr` text, `display` bundles, and finally the `result`.
+   *
+   * @param code Python source.
+   * @param options Per-call options (callbacks given here are called too).
+   * @returns An async iterable of events.
+   * @throws {TypeError} When the code or an option is invalid.
+   * @throws {RangeError} When the code is too large or a limit is out of
+   *   range.
+   * @example
+   * ```ts ignore
+   * import { PyodideSandbox } from "./sandbox.ts";
+   * const sandbox = new PyodideSandbox();
+   * for await (const event of sandbox.executeStream("print('step 1')")) {
+   *   if (event.type === "stdout") console.log(event.data);
+   * }
+   * ```
+   */
+  executeStream(
+    code: string,
+    options: ExecuteOptions = {},
+  ): AsyncIterable<StreamEvent> {
+    this.checkCall(code, options);
+    this.#checkOpen();
+    const queue: StreamEvent[] = [];
+    let wake: (() => void) | undefined;
+    const push = (event: StreamEvent) => {
+      queue.push(event);
+      wake?.();
+    };
+    let failure: { error: unknown } | undefined;
+    let finished = false;
+    this.execute(code, {
+      ...options,
+      onStdout: (data) => {
+        options.onStdout?.(data);
+        push({ type: "stdout", data });
+      },
+      onStderr: (data) => {
+        options.onStderr?.(data);
+        push({ type: "stderr", data });
+      },
+      onDisplay: (data) => {
+        options.onDisplay?.(data);
+        push({ type: "display", data });
+      },
+    }).then(
+      (result) => push({ type: "result", result }),
+      (error) => failure = { error },
+    ).finally(() => {
+      finished = true;
+      wake?.();
+    });
+    return {
+      async *[Symbol.asyncIterator]() {
+        for (;;) {
+          if (queue.length > 0) {
+            yield queue.shift()!;
+            continue;
+          }
+          if (finished) break;
+          await new Promise<void>((resolve) => wake = resolve);
+          wake = undefined;
+        }
+        if (failure) throw failure.error;
+      },
+    };
   }
 
   /**

@@ -17,12 +17,13 @@ import {
   BasePyodideSandbox,
   type ExecuteOptions,
   type ExtraResultFields,
+  type HostFunction,
   type SandboxOptions,
   type SavedSession,
   SessionError,
   type SessionOptions,
 } from "./sandbox.ts";
-import type { CodeExecutionResult } from "./result.ts";
+import type { CodeExecutionResult, JsonValue, MimeBundle } from "./result.ts";
 import { fromShared, toShared } from "./_shared_bytes.ts";
 
 /** Extra time the caller waits for the worker beyond a call's own timeout. */
@@ -38,6 +39,22 @@ interface Reply {
   error?: { name: string; message: string };
 }
 
+interface WorkerEvent {
+  event: "stdout" | "stderr" | "display" | "call";
+  request?: number;
+  data?: unknown;
+  callId?: number;
+  name?: string;
+  args?: unknown[];
+}
+
+/** Callbacks of one request, run on the caller's thread. */
+interface Handlers {
+  onStdout?: (text: string) => void;
+  onStderr?: (text: string) => void;
+  onDisplay?: (bundle: MimeBundle) => void;
+}
+
 /** The worker, its port, and the shared counter the caller waits on. */
 class Bridge {
   #worker: Worker;
@@ -46,15 +63,26 @@ class Bridge {
   #seen = 0;
   #nextId = 1;
   #replies = new Map<number, Reply>();
+  #handlers = new Map<number, Handlers>();
+  #functions: Record<string, HostFunction>;
   #closed = false;
 
-  constructor(options: Record<string, unknown>) {
+  constructor(
+    options: Record<string, unknown>,
+    functions: Record<string, HostFunction>,
+  ) {
+    this.#functions = functions;
     const { port1, port2 } = new MessageChannel();
     const control = new SharedArrayBuffer(4);
     this.#counter = new Int32Array(control);
     this.#port = port1;
     this.#worker = new Worker(new URL("./_sync_worker.ts", import.meta.url), {
-      workerData: { port: port2, control, options },
+      workerData: {
+        port: port2,
+        control,
+        options,
+        functionNames: Object.keys(functions),
+      },
       transferList: [port2],
     });
     this.#worker.unref();
@@ -70,8 +98,59 @@ class Bridge {
     for (;;) {
       const message = receiveMessageOnPort(this.#port);
       if (!message) break;
-      const reply = message.message as Reply;
-      this.#replies.set(reply.id, reply);
+      const data = message.message as Reply | WorkerEvent;
+      if ("event" in data) this.#onEvent(data);
+      else this.#replies.set(data.id, data);
+    }
+  }
+
+  #onEvent(event: WorkerEvent): void {
+    if (event.event === "call") {
+      this.#port.postMessage({
+        op: "callReply",
+        callId: event.callId,
+        ...this.#callFunction(event.name!, event.args ?? []),
+      });
+      return;
+    }
+    const handlers = this.#handlers.get(event.request!);
+    try {
+      if (event.event === "stdout") handlers?.onStdout?.(event.data as string);
+      else if (event.event === "stderr") {
+        handlers?.onStderr?.(event.data as string);
+      } else handlers?.onDisplay?.(event.data as MimeBundle);
+    } catch {
+      // A failing callback must not break the call.
+    }
+  }
+
+  #callFunction(
+    name: string,
+    args: unknown[],
+  ): { ok: boolean; value?: unknown; message?: string } {
+    const fn = Object.hasOwn(this.#functions, name)
+      ? this.#functions[name]
+      : undefined;
+    if (!fn) return { ok: false, message: `No host function named ${name}` };
+    try {
+      const value = fn(...(args as JsonValue[]));
+      if (
+        value !== null && typeof value === "object" &&
+        typeof (value as { then?: unknown }).then === "function"
+      ) {
+        (value as Promise<unknown>).catch?.(() => {});
+        return {
+          ok: false,
+          message:
+            `Host function ${name} returned a Promise: host functions of SyncPyodideSandbox must return plain values`,
+        };
+      }
+      return { ok: true, value: value ?? null };
+    } catch (error) {
+      return {
+        ok: false,
+        message: error instanceof Error ? error.message : String(error),
+      };
     }
   }
 
@@ -105,11 +184,20 @@ class Bridge {
     }
   }
 
-  request(message: Record<string, unknown>, timeoutMs: number): unknown {
+  request(
+    message: Record<string, unknown>,
+    timeoutMs: number,
+    handlers?: Handlers,
+  ): unknown {
     if (this.#closed) throw new TypeError("The sandbox is closed");
     const id = this.#nextId++;
-    this.#port.postMessage({ ...message, id });
-    return this.#wait(id, timeoutMs);
+    if (handlers) this.#handlers.set(id, handlers);
+    try {
+      this.#port.postMessage({ ...message, id });
+      return this.#wait(id, timeoutMs);
+    } finally {
+      this.#handlers.delete(id);
+    }
   }
 
   close(): void {
@@ -128,6 +216,9 @@ function toWire(
   options: ExecuteOptions | SessionOptions,
 ): Record<string, unknown> {
   const out: Record<string, unknown> = { ...options };
+  for (const name of ["onStdout", "onStderr", "onDisplay"]) {
+    if (typeof out[name] === "function") out[name] = true;
+  }
   if (options.sessionBytes instanceof Uint8Array) {
     out.sessionBytes = toShared(options.sessionBytes);
   }
@@ -174,7 +265,8 @@ export class SyncPyodideSandbox extends BasePyodideSandbox {
 
   #worker(): Bridge {
     if (this.#bridge?.closed) throw new TypeError("The sandbox is closed");
-    this.#bridge ??= new Bridge({ ...this.#options });
+    const { functions, ...rest } = this.#options;
+    this.#bridge ??= new Bridge({ ...rest }, functions ?? {});
     return this.#bridge;
   }
 
@@ -208,11 +300,15 @@ export class SyncPyodideSandbox extends BasePyodideSandbox {
     }
     const call = this.checkCall(code, options);
     return fromWire(
-      this.#worker().request({
-        op: "execute",
-        code,
-        options: toWire(options),
-      }, this.#timeoutMs(call.timeoutSeconds)),
+      this.#worker().request(
+        {
+          op: "execute",
+          code,
+          options: toWire(options),
+        },
+        this.#timeoutMs(call.timeoutSeconds),
+        options,
+      ),
     );
   }
 
@@ -323,12 +419,16 @@ export class SyncPyodideSession {
       );
     }
     const timeout = this.#check(code, options);
-    return fromWire(this.#bridge.request({
-      op: "sessionExecute",
-      session: this.id,
-      code,
-      options: toWire(options),
-    }, timeout * 1000 + WORKER_MARGIN_MS));
+    return fromWire(this.#bridge.request(
+      {
+        op: "sessionExecute",
+        session: this.id,
+        code,
+        options: toWire(options),
+      },
+      timeout * 1000 + WORKER_MARGIN_MS,
+      options,
+    ));
   }
 
   /**
