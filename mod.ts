@@ -26,7 +26,9 @@ export {
   type SavedSession,
   SessionError,
   type SessionOptions,
+  type StreamEvent,
 } from "./sandbox.ts";
+export { InstallError } from "./_packages.ts";
 export {
   SyncPyodideSandbox,
   SyncPyodideSession,
@@ -42,7 +44,9 @@ export type {
   ErrorKind,
   ExecutionError,
   JsonValue,
+  MimeBundle,
   NotSerializable,
+  ResultFile,
   SessionMetadata,
 } from "./result.ts";
 export { ERROR_KINDS } from "./result.ts";

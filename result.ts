@@ -15,13 +15,16 @@
  * - `"session"`: session bytes were corrupted, tampered with, unsigned,
  *   from another Pyodide version, or a live session was lost.
  * - `"crash"`: the child died or gave no valid result for any other reason.
+ * - `"install"`: a package the code needs could not be found, fetched or
+ *   verified (the message names it and where it was looked for).
  */
 export type ErrorKind =
   | "exception"
   | "timeout"
   | "memory"
   | "session"
-  | "crash";
+  | "crash"
+  | "install";
 
 /** All error kinds, for validation and documentation. */
 export const ERROR_KINDS: readonly ErrorKind[] = [
@@ -30,6 +33,7 @@ export const ERROR_KINDS: readonly ErrorKind[] = [
   "memory",
   "session",
   "crash",
+  "install",
 ];
 
 /** Details of a failed execution. */

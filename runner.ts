@@ -78,6 +78,9 @@ export function encodeToChild(
   return out;
 }
 
+/** The call name the runner uses to ask the host for packages. */
+export const INSTALL_CALL = "\u0000install";
+
 /** Largest host-function reply the child accepts, in bytes. */
 export const MAX_REPLY_BYTES = 64 * 1024 * 1024;
 
@@ -319,6 +322,43 @@ def _patch_matplotlib():
     show._sandbox = True
     plt.show = show
 
+_installed = {}
+
+def plan(code, required_json):
+    """Top-level imports of the code that cannot be imported yet."""
+    import importlib.util
+    from pyodide.code import find_imports
+    try:
+        names = find_imports(code)
+    except SyntaxError:
+        names = []
+    missing = []
+    for name in sorted({n.split(".")[0] for n in names}):
+        try:
+            if importlib.util.find_spec(name) is None:
+                missing.append(name)
+        except Exception:
+            missing.append(name)
+    required = []
+    for name in json.loads(required_json):
+        if name in _installed:
+            continue
+        try:
+            if importlib.util.find_spec(name) is not None:
+                continue
+        except Exception:
+            pass
+        required.append(name)
+    return json.dumps({"imports": missing, "required": required, "installed": list(_installed)})
+
+def mark_installed(name, version):
+    import importlib
+    _installed[name] = version
+    importlib.invalidate_caches()
+
+def installed():
+    return json.dumps([n + "==" + v for n, v in sorted(_installed.items())])
+
 def prepare(names):
     install_host(names)
     _patch_matplotlib()
@@ -342,7 +382,7 @@ def _sleep(secs):
 
 _time.sleep = _sleep
 
-for _name in ("set_request", "run", "drop_js_globals", "cancel_current", "prepare", "display", "HostError"):
+for _name in ("set_request", "run", "drop_js_globals", "cancel_current", "prepare", "display", "HostError", "plan", "mark_installed", "installed"):
     setattr(_mod, _name, globals()[_name])
 os.makedirs("/home/pyodide", exist_ok=True)
 `;
@@ -437,6 +477,8 @@ interface ExecRequest {
   hostWriteDirs?: string[];
   maxFileBytes: number;
   maxTotalFileBytes: number;
+  /** Set when package sources are configured. */
+  install?: { packages: string[] };
 }
 
 // Captured before any user code runs: user code can replace globals and
@@ -576,19 +618,61 @@ async function main(): Promise<void> {
   });
   const replyCounter = new Int32Array(replyControl);
   const replyDecoder = new TextDecoder();
+  /** Asks the parent and blocks until it answers (or an interrupt). */
+  function askParent(request: unknown): string {
+    const seen = Atomics.load(replyCounter, 0);
+    send(ToParent.call, request);
+    const interrupt = new U8(interruptBuffer);
+    while (Atomics.load(replyCounter, 0) === seen) {
+      if (interrupt[0] !== 0) return '{"interrupted": true}';
+      Atomics.wait(replyCounter, 0, seen, 20);
+    }
+    const length = Atomics.load(replyCounter, 1);
+    return replyDecoder.decode(new U8(replyData).slice(0, length));
+  }
   Object.defineProperty(globalThis, "__pyodideSandboxCall", {
-    value: (payload: string) => {
-      const seen = Atomics.load(replyCounter, 0);
-      send(ToParent.call, JSON.parse(payload));
-      const interrupt = new U8(interruptBuffer);
-      while (Atomics.load(replyCounter, 0) === seen) {
-        if (interrupt[0] !== 0) return '{"interrupted": true}';
-        Atomics.wait(replyCounter, 0, seen, 20);
-      }
-      const length = Atomics.load(replyCounter, 1);
-      return replyDecoder.decode(new U8(replyData).slice(0, length));
-    },
+    value: (payload: string) => askParent(JSON.parse(payload)),
   });
+  const planImports = sandboxModule.plan;
+  const markInstalled = sandboxModule.mark_installed;
+  const installedList = sandboxModule.installed;
+
+  /** Installs what the code imports; returns an error message or "". */
+  function install(request: ExecRequest): string {
+    if (!request.install) return "";
+    const plan = JSON.parse(
+      planImports(request.code, JSON.stringify(request.install.packages)),
+    ) as { imports: string[]; required: string[]; installed: string[] };
+    const required = plan.required;
+    if (plan.imports.length === 0 && required.length === 0) return "";
+    const reply = JSON.parse(askParent({
+      name: INSTALL_CALL,
+      args: [plan.imports, required, plan.installed],
+    })) as {
+      ok?: boolean;
+      interrupted?: boolean;
+      message?: string;
+      value?: {
+        name: string;
+        version: string;
+        fileName: string;
+        data: string;
+      }[];
+    };
+    if (reply.interrupted) return "Installing packages was interrupted";
+    if (!reply.ok) return reply.message ?? "Installing packages failed";
+    for (const wheel of reply.value ?? []) {
+      const bytes = Uint8Array.from(atob(wheel.data), (c) => c.charCodeAt(0));
+      const format = wheel.fileName.endsWith(".whl") ? "wheel" : "zip";
+      try {
+        pyodide.unpackArchive(bytes, format);
+      } catch (error) {
+        return `Package "${wheel.name}" could not be unpacked: ${error}`;
+      }
+      markInstalled(wheel.name, wheel.version);
+    }
+    return "";
+  }
   onInterrupt = () => {
     // Python is not running bytecode (the event loop is turning), so the
     // buffer would only fire later, somewhere in the runner: cancel instead.
@@ -663,6 +747,19 @@ async function main(): Promise<void> {
         send(ToParent.stderr, null, encoder.encode(`${warning}\n`));
       }
       let out: string;
+      const installError = install(request);
+      if (installError) {
+        send(ToParent.result, {
+          out: JSON.stringify({
+            ok: false,
+            error: { type: "InstallError", message: installError },
+          }),
+          installError: true,
+          interrupted: installError.includes("interrupted"),
+        });
+        if (init.oneShot) Deno.exit(0);
+        continue;
+      }
       try {
         prepare(JSON.stringify(request.functions ?? []));
         setRequest(request.code);
@@ -700,7 +797,11 @@ async function main(): Promise<void> {
         out.includes('"type": "KeyboardInterrupt"') ||
         out.includes('"type": "CancelledError"');
       new U8(interruptBuffer)[0] = 0;
-      const header: Record<string, unknown> = { out, interrupted };
+      const header: Record<string, unknown> = {
+        out,
+        interrupted,
+        packages: JSON.parse(installedList()),
+      };
       let bin: Uint8Array | undefined;
       if (request.wantState) {
         const state = saveState();
@@ -730,6 +831,7 @@ function setStdin(pyodide: Pyodide, text: string | undefined): void {
 }
 
 const HOME = "/home/pyodide";
+const SITE_PACKAGES = "/lib/python3.14/site-packages";
 
 function readFiles(pyodide: Pyodide): Uint8Array {
   const FS = pyodide.FS;
@@ -751,6 +853,7 @@ function readFiles(pyodide: Pyodide): Uint8Array {
     }
   }
   walk(HOME);
+  walk(SITE_PACKAGES);
   return concatWithIndex(entries, blobs);
 }
 
@@ -944,13 +1047,14 @@ function writeFiles(pyodide: Pyodide, packed: Uint8Array): void {
   const { index, data } = splitIndex<{ path: string; size: number }[]>(packed);
   let offset = 0;
   for (const entry of index) {
-    if (!entry.path.startsWith(HOME + "/")) continue;
-    if (entry.size < 0) {
-      FS.mkdirTree(entry.path);
-      continue;
-    }
-    FS.writeFile(entry.path, data.subarray(offset, offset + entry.size));
-    offset += entry.size;
+    const start = offset;
+    if (entry.size > 0) offset += entry.size;
+    if (
+      !entry.path.startsWith(HOME + "/") &&
+      !entry.path.startsWith(SITE_PACKAGES + "/")
+    ) continue;
+    if (entry.size < 0) FS.mkdirTree(entry.path);
+    else FS.writeFile(entry.path, data.subarray(start, start + entry.size));
   }
 }
 

@@ -39,7 +39,11 @@ import {
 } from "./_setup.ts";
 import { ensureSnapshot } from "./_snapshot.ts";
 import { openSession, sealSession, SessionError } from "./_session_bytes.ts";
+import { InstallError, PackageResolver } from "./_packages.ts";
+import { encodeBase64 } from "./_base64.ts";
+import { resolve } from "node:path";
 import {
+  INSTALL_CALL,
   MAX_REPLY_BYTES,
   PYODIDE_VERSION,
   ToChild,
@@ -134,6 +138,25 @@ export interface SandboxOptions extends PermissionOptions {
    * @default {{}}
    */
   functions?: Record<string, HostFunction>;
+  /**
+   * Packages installed before every run (distribution or import names), in
+   * addition to the ones detected from the code's imports.
+   * @default {[]}
+   */
+  packages?: string[];
+  /**
+   * A local folder of wheels (with or without a `pyodide-lock.json`), the
+   * first place packages are looked for. Works with no network at all.
+   * @default {undefined}
+   */
+  packageDir?: string;
+  /**
+   * Base URLs of package indexes serving a `pyodide-lock.json` and its
+   * wheels (e.g. the Pyodide CDN for this version). The host fetches from
+   * them; the child never gets network access for installs.
+   * @default {[]}
+   */
+  packageIndexUrls?: string[];
   /**
    * Largest returned file content in `result.files`, in bytes.
    * @default {10485760}
@@ -259,6 +282,8 @@ interface Settings {
   functions: Record<string, HostFunction>;
   maxFileBytes: number;
   maxTotalFileBytes: number;
+  packages: string[];
+  packageResolver: PackageResolver;
 }
 
 /** The command that starts a child, as built by `buildCommand()`. */
@@ -290,6 +315,9 @@ const OPTION_NAMES = new Set([
   "functions",
   "maxFileBytes",
   "maxTotalFileBytes",
+  "packages",
+  "packageDir",
+  "packageIndexUrls",
 ]);
 
 const EXECUTE_OPTION_NAMES = new Set([
@@ -399,6 +427,20 @@ export function checkSessionPair(bytes: unknown, metadata: unknown): void {
 }
 
 const PYTHON_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+function checkStrings(name: string, value: unknown): string[] {
+  if (
+    !Array.isArray(value) ||
+    value.some((v) => typeof v !== "string" || v === "")
+  ) {
+    throw new TypeError(
+      `Invalid ${name}: expected ${
+        name === "packageDir" ? "a path" : "an array of non-empty strings"
+      }`,
+    );
+  }
+  return [...value];
+}
 
 function checkFunctions(
   functions: unknown,
@@ -540,6 +582,23 @@ function settingsFrom(options: SandboxOptions): Settings {
       true,
     ),
     functions: checkFunctions(o.functions ?? {}),
+    packages: checkStrings("packages", o.packages ?? []),
+    packageResolver: new PackageResolver({
+      packageDir: o.packageDir === undefined
+        ? undefined
+        : resolve(Deno.cwd(), checkStrings("packageDir", [o.packageDir])[0]),
+      packageIndexUrls: checkStrings(
+        "packageIndexUrls",
+        o.packageIndexUrls ?? [],
+      ).map((url) => {
+        if (!URL.canParse(url) || !/^https?:$/.test(new URL(url).protocol)) {
+          throw new TypeError(
+            `Invalid packageIndexUrls entry: "${url}" is not an http(s) URL`,
+          );
+        }
+        return url;
+      }),
+    }),
     maxFileBytes: checkNumber(
       "maxFileBytes",
       o.maxFileBytes ?? 10 * 1024 * 1024,
@@ -710,6 +769,9 @@ export class BasePyodideSandbox {
         .filter(isDirectory),
       maxFileBytes: settings.maxFileBytes,
       maxTotalFileBytes: settings.maxTotalFileBytes,
+      install: settings.packageResolver.enabled || settings.packages.length
+        ? { packages: settings.packages }
+        : undefined,
     };
     return child.call(ToChild.exec, request, call.files?.bin, ToParent.result, {
       deadline: how.deadline,
@@ -721,7 +783,10 @@ export class BasePyodideSandbox {
       onDisplay: call.onDisplay as
         | ((b: Record<string, unknown>) => void)
         | undefined,
-      onCall: (request) => callHostFunction(settings.functions, request),
+      onCall: (request) =>
+        request.name === INSTALL_CALL
+          ? installPackages(settings.packageResolver, request.args)
+          : callHostFunction(settings.functions, request),
     });
   }
 
@@ -887,6 +952,8 @@ export async function resultFromOutcome(
     out: string;
     stateError?: string;
     droppedGlobals?: string;
+    installError?: boolean;
+    packages?: string[];
   };
   let out: RunnerOut;
   try {
@@ -907,7 +974,9 @@ export async function resultFromOutcome(
   };
   if (!out.ok && out.error) {
     const e = out.error;
-    const kind: ErrorKind = e.type === "MemoryError"
+    const kind: ErrorKind = header.installError
+      ? "install"
+      : e.type === "MemoryError"
       ? "memory"
       : (e.type === "KeyboardInterrupt" || e.type === "CancelledError") &&
           outcome.interrupted
@@ -915,6 +984,8 @@ export async function resultFromOutcome(
       : "exception";
     result.error = kind === "timeout"
       ? { kind, message: endMessage("timeout", ctx.call) }
+      : kind === "install"
+      ? { kind, message: e.message }
       : {
         kind,
         type: e.type,
@@ -923,6 +994,8 @@ export async function resultFromOutcome(
       };
     result.stderr += kind === "timeout"
       ? `${endMessage("timeout", ctx.call)}\n`
+      : kind === "install"
+      ? `${e.message}\n`
       : e.traceback;
   }
   if (ctx.wantState) {
@@ -938,7 +1011,9 @@ export async function resultFromOutcome(
     } else {
       Object.assign(
         result,
-        await sealSession(outcome.frame.bin, ctx.previous, ctx.secret),
+        await sealSession(outcome.frame.bin, ctx.previous, ctx.secret, {
+          packages: header.packages ?? [],
+        }),
       );
     }
   }
@@ -1433,6 +1508,46 @@ function isDirectory(path: string): boolean {
     return Deno.statSync(path).isDirectory;
   } catch {
     return false;
+  }
+}
+
+/**
+ * Resolves the packages a child asks for and encodes the wheels.
+ *
+ * @param resolver The sandbox's resolver.
+ * @param args `[imports, required, installed]` from the child.
+ * @returns The reply as JSON text.
+ */
+async function installPackages(
+  resolver: PackageResolver,
+  args: unknown[],
+): Promise<string> {
+  const [imports, required, installed] = args as string[][];
+  try {
+    if (!resolver.enabled && required.length > 0) {
+      throw new InstallError(
+        `Package "${
+          required[0]
+        }" was not found: no packageDir or packageIndexUrls is configured`,
+      );
+    }
+    const wheels = resolver.enabled
+      ? await resolver.resolve(imports, required, installed)
+      : [];
+    return JSON.stringify({
+      ok: true,
+      value: wheels.map((w) => ({
+        name: w.name,
+        version: w.version,
+        fileName: w.fileName,
+        data: encodeBase64(w.data),
+      })),
+    });
+  } catch (error) {
+    return JSON.stringify({
+      ok: false,
+      message: error instanceof Error ? error.message : String(error),
+    });
   }
 }
 
