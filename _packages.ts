@@ -15,6 +15,8 @@ import { sha256Hex } from "./_setup.ts";
 /** A package that could not be installed; becomes kind `"install"`. */
 export class InstallError extends Error {
   /**
+   * Creates the error.
+   *
    * @param message What could not be installed and where it was looked for.
    * @param options Standard error options.
    */

@@ -21,6 +21,8 @@ const MAC_BYTES = 32;
 /** Session bytes that cannot be used; becomes an error of kind `"session"`. */
 export class SessionError extends Error {
   /**
+   * Creates the error.
+   *
    * @param message What is wrong.
    * @param options Standard error options.
    */

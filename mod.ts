@@ -18,6 +18,7 @@ export {
   BasePyodideSandbox,
   type ExecuteOptions,
   type ExtraResultFields,
+  type HostFunction,
   PYODIDE_VERSION,
   PyodideSandbox,
   PyodideSession,

@@ -662,7 +662,11 @@ export class BasePyodideSandbox {
     if (!skip) checkDeno(this.#settings.denoPath);
   }
 
-  /** The validated settings (for subclasses). */
+  /**
+   * The validated settings (for subclasses).
+   *
+   * @ignore
+   */
   protected get settings(): Settings {
     return this.#settings;
   }
@@ -677,6 +681,7 @@ export class BasePyodideSandbox {
    *   invalid.
    * @throws {RangeError} When the code is too large or a limit is out of
    *   range.
+   * @ignore
    */
   protected checkCall(code: unknown, options: ExecuteOptions): CallSettings {
     if (typeof code !== "string") {
@@ -749,6 +754,7 @@ export class BasePyodideSandbox {
    * @param call The call's settings.
    * @param how Deadline, soft interrupts and whether to return state.
    * @returns What the child produced.
+   * @ignore
    */
   protected runCall(
     child: SandboxChild,
@@ -795,6 +801,7 @@ export class BasePyodideSandbox {
    * folder, the runner file). May run `deno info` on first use.
    *
    * @returns The environment.
+   * @ignore
    */
   protected environment(): Environment {
     return resolveEnvironment(
@@ -808,6 +815,7 @@ export class BasePyodideSandbox {
    *
    * @param memoryLimitMb The limit.
    * @returns Binary, arguments, environment and RSS cap.
+   * @ignore
    */
   protected childSpec(memoryLimitMb: number): ChildSpec {
     const { command, args } = this.buildCommand(memoryLimitMb);
@@ -848,6 +856,7 @@ export class BasePyodideSandbox {
    * Merged into the user's read grant, never replacing it.
    *
    * @returns Absolute paths.
+   * @ignore
    */
   protected runnerReads(): string[] {
     const env = this.environment();
