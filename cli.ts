@@ -12,13 +12,15 @@
 
 import { PyodideSandbox } from "./sandbox.ts";
 import type { CodeExecutionResult, SessionMetadata } from "./result.ts";
-import {
-  numberFlag,
-  parseArgs,
-  PERMISSION_HELP,
-  takePermissionArgs,
-} from "./_cli_args.ts";
+import { parseSandboxFlags } from "./_cli_flags.ts";
+import { PERMISSION_NAMES } from "./permissions.ts";
+import { dirname, join } from "node:path";
 import { decodeBase64, encodeBase64 } from "./_base64.ts";
+
+const PERMISSION_HELP = PERMISSION_NAMES.map((name) =>
+  `  --allow-${name}[=LIST]`.padEnd(32) +
+  `Grant ${name} access (all, or a comma-separated list)`
+).join("\n");
 
 const HELP = `Run Python in a Pyodide sandbox.
 
@@ -31,10 +33,18 @@ Flags:
   -c, --code CODE               Python code to run
 ${PERMISSION_HELP}
   --timeout SECONDS             Limit of the whole run (default 60)
-  --memory MB                   Memory limit of the Python heap (default 512)
+  --memory MB                   Memory limit of the Python heap, 64-4096 (default 512)
+  --max-output-bytes N          Output kept per stream (default 1048576)
   --session FILE                Resume from FILE if it exists, save the state to it
   --session-secret SECRET       Sign and check session files with HMAC-SHA256
+                                (or env SANDBOX_SESSION_SECRET)
+  --cache-dir DIR               Snapshot and cache folder
   --stdin TEXT                  Text that input() and sys.stdin read
+  --package NAME                Install a package first (repeatable)
+  --package-dir DIR             Folder of wheels to install from (offline)
+  --package-index URL           Index serving pyodide-lock.json (repeatable)
+  --file SANDBOX_PATH=HOST_PATH Copy a host file into the sandbox (repeatable)
+  --files-out DIR               Write the files the code created there
   --json                        Print the whole result as JSON (bytes as base64)
   -h, --help                    Show this help
 
@@ -59,6 +69,12 @@ export function resultToJson(
 ): Record<string, unknown> {
   const out: Record<string, unknown> = { ...result };
   if (result.sessionBytes) out.sessionBytes = encodeBase64(result.sessionBytes);
+  if (result.files) {
+    out.files = result.files.map((f) => ({
+      ...f,
+      content: encodeBase64(f.content),
+    }));
+  }
   return out;
 }
 
@@ -74,29 +90,24 @@ async function readAll(stream: ReadableStream<Uint8Array>): Promise<string> {
  */
 export async function main(args: string[]): Promise<number> {
   let parsed;
-  let permissions;
   try {
-    const split = takePermissionArgs(args);
-    permissions = split.permissions;
-    parsed = parseArgs({
-      args: split.rest,
-      allowPositionals: true,
-      options: {
-        code: { type: "string", short: "c" },
-        timeout: { type: "string" },
-        memory: { type: "string" },
-        session: { type: "string" },
-        "session-secret": { type: "string" },
-        stdin: { type: "string" },
-        json: { type: "boolean", default: false },
-        help: { type: "boolean", short: "h", default: false },
-      },
-    });
+    parsed = parseSandboxFlags(args, {
+      code: { type: "string", short: "c" },
+      session: { type: "string" },
+      stdin: { type: "string" },
+      package: { type: "string", multiple: true },
+      "package-dir": { type: "string" },
+      "package-index": { type: "string", multiple: true },
+      file: { type: "string", multiple: true },
+      "files-out": { type: "string" },
+      json: { type: "boolean", default: false },
+      help: { type: "boolean", short: "h", default: false },
+    }, { allowPositionals: true });
   } catch (error) {
     console.error(`${(error as Error).message}\n\n${HELP}`);
     return 2;
   }
-  const { values, positionals } = parsed;
+  const { values, positionals, sandboxOptions } = parsed;
   if (values.help) {
     console.log(HELP);
     return 0;
@@ -123,6 +134,7 @@ export async function main(args: string[]): Promise<number> {
   }
   let sandbox: PyodideSandbox;
   let session: SessionFile | undefined;
+  const files: Record<string, Uint8Array> = {};
   try {
     if (values.session) {
       try {
@@ -137,13 +149,22 @@ export async function main(args: string[]): Promise<number> {
         }
       }
     }
+    for (const spec of values.file ?? []) {
+      const at = spec.indexOf("=");
+      if (at <= 0) {
+        throw new TypeError(
+          `Invalid --file: expected SANDBOX_PATH=HOST_PATH, got "${spec}"`,
+        );
+      }
+      files[spec.slice(0, at)] = await Deno.readFile(spec.slice(at + 1));
+    }
     sandbox = new PyodideSandbox({
-      ...permissions,
+      ...sandboxOptions,
       stateful: values.session !== undefined,
-      timeoutSeconds: numberFlag("timeout", values.timeout),
-      memoryLimitMb: numberFlag("memory", values.memory),
-      sessionSecret: values["session-secret"],
       poolSize: 0,
+      packages: values.package,
+      packageDir: values["package-dir"],
+      packageIndexUrls: values["package-index"],
     });
   } catch (error) {
     console.error((error as Error).message);
@@ -156,6 +177,7 @@ export async function main(args: string[]): Promise<number> {
   try {
     result = await sandbox.execute(code, {
       stdin: values.stdin,
+      files,
       sessionBytes: session ? decodeBase64(session.sessionBytes) : undefined,
       sessionMetadata: session?.sessionMetadata,
       onStdout: live
@@ -179,6 +201,14 @@ export async function main(args: string[]): Promise<number> {
     await Deno.writeTextFile(values.session, JSON.stringify(saved), {
       mode: 0o600,
     });
+  }
+  if (values["files-out"]) {
+    for (const file of result.files ?? []) {
+      const relative = file.path.replace(/^\/home\/pyodide\//, "");
+      const target = join(values["files-out"], relative);
+      await Deno.mkdir(dirname(target), { recursive: true });
+      await Deno.writeFile(target, file.content);
+    }
   }
   if (values.json) {
     console.log(JSON.stringify(resultToJson(result)));
