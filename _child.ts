@@ -418,12 +418,13 @@ export class SandboxChild {
    * Ends the child for certain: SIGTERM, then SIGKILL after a short grace.
    *
    * @param reason Recorded as the reason a running call ended.
+   * @param hard Send SIGKILL at once (for a child whose work is done).
    * @returns Settles when the process is gone.
    */
-  kill(reason: EndReason = "exit"): Promise<number> {
+  kill(reason: EndReason = "exit", hard = false): Promise<number> {
     if (this.exited) return this.#exited;
     this.#killedFor ??= reason;
-    const signal = reason === "memory" ? "SIGKILL" : "SIGTERM";
+    const signal = reason === "memory" || hard ? "SIGKILL" : "SIGTERM";
     try {
       this.#process.kill(signal);
     } catch {

@@ -50,6 +50,13 @@ import {
   ToParent,
 } from "./runner.ts";
 import { Semaphore } from "./_semaphore.ts";
+import {
+  type AuditCallback,
+  CallGuard,
+  checkFilterAuditOptions,
+  FILTER_AUDIT_OPTION_NAMES,
+  type FilterAuditSettings,
+} from "./_audit.ts";
 
 /** Memory the child needs beyond `memoryLimitMb` (V8, Deno, Pyodide's JS). */
 const RSS_OVERHEAD_MB = 384;
@@ -130,6 +137,43 @@ export interface SandboxOptions extends PermissionOptions {
    * @default {10485760}
    */
   maxCodeBytes?: number;
+  /**
+   * Secrets replaced by `[REDACTED]` in stdout, stderr (streamed chunks
+   * too, also when a secret spans two chunks), `result`, `error`, display
+   * text and returned text files, before anything leaves the sandbox
+   * object. Strings match exactly; a RegExp matches everywhere in the
+   * result, and in streamed chunks when the match does not span a line
+   * break. A guard against accidental disclosure, not against code that
+   * leaks on purpose (encoded or split secrets pass). `sessionBytes` are
+   * not redacted.
+   * @default {[]}
+   */
+  redact?: (string | RegExp)[];
+  /**
+   * Also redact the values of the environment variables passed to the code
+   * through `allowEnv` (values shorter than 4 characters are skipped).
+   * @default {false}
+   */
+  redactEnv?: boolean;
+  /**
+   * Called with one audit record per execution (timeouts, crashes, aborts
+   * and live-session calls included) before the call settles. A returned
+   * promise is awaited; if the callback throws, the call rejects.
+   * @default {undefined}
+   */
+  onAudit?: AuditCallback;
+  /**
+   * File that receives one JSON line per audit record, appended (created
+   * with mode 0600). Opened in the constructor to check it; when a record
+   * cannot be written later, the call rejects.
+   * @default {undefined}
+   */
+  auditLog?: string;
+  /**
+   * Include the code itself in audit records.
+   * @default {false}
+   */
+  auditCode?: boolean;
   /**
    * Host functions Python can call as ordinary synchronous functions, as
    * global names and from the module `host` (`from host import add`).
@@ -267,7 +311,7 @@ export interface SessionOptions {
 }
 
 /** The resolved, validated options of a sandbox. */
-interface Settings {
+interface Settings extends FilterAuditSettings {
   permissions: Required<PermissionOptions>;
   stateful: boolean;
   timeoutSeconds: number;
@@ -312,6 +356,7 @@ const OPTION_NAMES = new Set([
   "maxConcurrency",
   "maxOutputBytes",
   "maxCodeBytes",
+  ...FILTER_AUDIT_OPTION_NAMES,
   "functions",
   "maxFileBytes",
   "maxTotalFileBytes",
@@ -553,6 +598,7 @@ function settingsFrom(options: SandboxOptions): Settings {
   }
   return {
     permissions: normalizePermissions(o, Deno.cwd()),
+    ...checkFilterAuditOptions(o),
     stateful: checkBoolean("stateful", o.stateful ?? false),
     timeoutSeconds: checkTimeout("timeoutSeconds", o.timeoutSeconds ?? 60),
     memoryLimitMb: checkMemory("memoryLimitMb", o.memoryLimitMb ?? 512),
@@ -629,6 +675,8 @@ interface CallSettings {
   onStderr?: (text: string) => void;
   onDisplay?: (bundle: MimeBundle) => void;
   files?: { index: { path: string; size: number }[]; bin: Uint8Array };
+  /** Receives the child's outcome (the audit trail counts output bytes). */
+  onOutcome?: (outcome: CallOutcome) => void;
 }
 
 /**
@@ -793,6 +841,9 @@ export class BasePyodideSandbox {
         request.name === INSTALL_CALL
           ? installPackages(settings.packageResolver, request.args)
           : callHostFunction(settings.functions, request),
+    }).then((outcome) => {
+      call.onOutcome?.(outcome);
+      return outcome;
     });
   }
 
@@ -825,6 +876,15 @@ export class BasePyodideSandbox {
       env: childEnv(this.environment(), this.#passedEnv()),
       rssLimitBytes: (memoryLimitMb + RSS_OVERHEAD_MB) * 1024 * 1024,
     };
+  }
+
+  /**
+   * Values of the environment variables passed to children (`redactEnv`).
+   *
+   * @returns The values.
+   */
+  protected passedEnvValues(): string[] {
+    return Object.values(this.#passedEnv());
   }
 
   #passedEnv(): Record<string, string> {
@@ -1103,6 +1163,7 @@ export class PyodideSandbox extends BasePyodideSandbox {
   #semaphore: Semaphore;
   #closed = false;
   #prepared?: Promise<string>;
+  #guard: CallGuard;
 
   /**
    * Creates a sandbox. No child starts until the first call or
@@ -1116,6 +1177,15 @@ export class PyodideSandbox extends BasePyodideSandbox {
   constructor(options: SandboxOptions = {}) {
     super(options);
     this.#semaphore = new Semaphore(this.settings.maxConcurrency);
+    this.#guard = new CallGuard({
+      settings: this.settings,
+      envValues: () => this.passedEnvValues(),
+    });
+  }
+
+  /** A random id of this sandbox, as in its audit records. */
+  get id(): string {
+    return this.#guard.sandboxId;
   }
 
   /** Number of children loaded or loading in the pool. */
@@ -1274,11 +1344,25 @@ export class PyodideSandbox extends BasePyodideSandbox {
     const started = performance.now();
     const call = this.checkCall(code, options);
     this.#checkOpen();
+    call.signal?.throwIfAborted();
+    return await this.#guard.run(
+      call,
+      undefined,
+      () => this.#run(call, started),
+    );
+  }
+
+  /** Runs a validated call (redaction and audit are done by the guard). */
+  async #run(
+    call: CallSettings,
+    started: number,
+  ): Promise<CodeExecutionResult & ExtraResultFields> {
     const deadline = started + call.timeoutSeconds * 1000;
     const wantState = this.settings.stateful;
     call.signal?.throwIfAborted();
     const release = await this.#semaphore.acquire(call.signal, deadline);
     let child: SandboxChild | undefined;
+    let delivered = false;
     try {
       if (release === "timeout") {
         return errorResult(
@@ -1308,6 +1392,7 @@ export class PyodideSandbox extends BasePyodideSandbox {
         soft: false,
         wantState,
       });
+      delivered = outcome.frame !== undefined;
       if (outcome.ended === "abort") {
         throw call.signal?.reason ?? new DOMException("Aborted", "AbortError");
       }
@@ -1321,10 +1406,13 @@ export class PyodideSandbox extends BasePyodideSandbox {
       });
     } finally {
       if (release !== "timeout") release();
-      if (child) {
-        const c = child;
-        c.kill();
-        await c.closed;
+      if (child && delivered) {
+        // The work is done and the result is in hand: SIGKILL (certain and
+        // immediate) and let the exit be reaped in the background.
+        child.kill("exit", true);
+      } else if (child) {
+        child.kill();
+        await child.closed;
       }
     }
   }
@@ -1450,6 +1538,7 @@ export class PyodideSandbox extends BasePyodideSandbox {
         run: (child, call, how) => this.runCall(child, call, how),
         semaphore: this.#semaphore,
         onClose: () => this.#sessions.delete(session),
+        guard: this.#guard,
       },
     );
     this.#sessions.add(session);
@@ -1613,6 +1702,7 @@ interface SessionContext {
   ) => Promise<CallOutcome>;
   semaphore: Semaphore;
   onClose: () => void;
+  guard: CallGuard;
 }
 
 /** The saved state of a session. */
@@ -1698,6 +1788,13 @@ export class PyodideSession {
       );
     }
     if (this.#closed) throw new TypeError("The session is closed");
+    return this.#ctx.guard.run(call, this.id, () => this.#run(call, started));
+  }
+
+  #run(
+    call: CallSettings,
+    started: number,
+  ): Promise<CodeExecutionResult & ExtraResultFields> {
     return this.#serial(async () => {
       if (this.#lost) {
         return errorResult(
