@@ -30,6 +30,7 @@ export {
   type StreamEvent,
 } from "./sandbox.ts";
 export { InstallError } from "./_packages.ts";
+export type { AuditCallback, AuditLimits, AuditRecord } from "./_audit.ts";
 export {
   SyncPyodideSandbox,
   SyncPyodideSession,
@@ -51,3 +52,9 @@ export type {
   SessionMetadata,
 } from "./result.ts";
 export { ERROR_KINDS } from "./result.ts";
+export {
+  createHandler,
+  type HandlerOptions,
+  openApiDocument,
+  type SandboxHandler,
+} from "./handler.ts";

@@ -1,0 +1,300 @@
+/**
+ * Command-line flags shared by `deno task run`, `deno task serve` and
+ * `deno task mcp`: the permission flags spelled exactly as `deno run` spells
+ * them (`--allow-read`, `--allow-read=/a,/b`, ...) and the limit flags
+ * (`--timeout SECONDS`, `--memory MB`, ...).
+ *
+ * @module
+ */
+
+import { parseArgs, type ParseArgsOptionsConfig } from "node:util";
+import {
+  PERMISSION_NAMES,
+  type PermissionName,
+  permissionOptionKey,
+  type PermissionOptions,
+} from "./permissions.ts";
+import type { SandboxOptions } from "./sandbox.ts";
+
+const PERMISSION_FLAG = /^--allow-([a-z]+)(?:=(.*))?$/s;
+
+/**
+ * Takes the `--allow-<name>` and `--allow-<name>=a,b` flags out of an
+ * argument list. A bare flag grants the whole permission; repeated flags
+ * merge, and a bare flag wins over lists. Parsing stops at `--`.
+ *
+ * @param args Command-line arguments.
+ * @returns The permissions and the other arguments, in order.
+ * @throws {TypeError} When a permission name is unknown or a list is empty
+ *   (`--allow-read=`).
+ * @example
+ * ```ts
+ * import { extractPermissionFlags } from "./_cli_flags.ts";
+ * const { permissions, rest } = extractPermissionFlags([
+ *   "--allow-read=/data,/tmp",
+ *   "--allow-net",
+ *   "--timeout",
+ *   "5",
+ * ]);
+ * // permissions: { allowRead: ["/data", "/tmp"], allowNet: true }
+ * // rest: ["--timeout", "5"]
+ * ```
+ */
+export function extractPermissionFlags(
+  args: readonly string[],
+): { permissions: PermissionOptions; rest: string[] } {
+  const permissions: PermissionOptions = {};
+  const rest: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    if (arg === "--") {
+      rest.push(...args.slice(i));
+      break;
+    }
+    const match = PERMISSION_FLAG.exec(arg);
+    if (!match) {
+      rest.push(arg);
+      continue;
+    }
+    const name = match[1] as PermissionName;
+    if (!PERMISSION_NAMES.includes(name)) {
+      throw new TypeError(
+        `Unknown permission flag: "--allow-${name}", expected one of ${
+          PERMISSION_NAMES.map((n) => `--allow-${n}`).join(", ")
+        }`,
+      );
+    }
+    const key = permissionOptionKey(name);
+    if (match[2] === undefined) {
+      permissions[key] = true;
+      continue;
+    }
+    const entries = match[2].split(",");
+    if (entries.some((e) => e.length === 0)) {
+      throw new TypeError(
+        `Invalid --allow-${name} value: "${
+          match[2]
+        }" has an empty entry, expected a comma-separated list`,
+      );
+    }
+    const current = permissions[key];
+    if (current === true) continue;
+    permissions[key] = [...new Set([...(current || []), ...entries])];
+  }
+  return { permissions, rest };
+}
+
+/**
+ * Reads a number flag.
+ *
+ * @param flag The flag's name, for messages (`--timeout`).
+ * @param value Its text, or undefined when absent.
+ * @param options Range and whether only integers are accepted.
+ * @returns The number, or undefined when the flag is absent.
+ * @throws {TypeError} When the text is not a number.
+ * @throws {RangeError} When the number is out of range.
+ * @example
+ * ```ts
+ * import { parseNumberFlag } from "./_cli_flags.ts";
+ * parseNumberFlag("--port", "8000", { min: 0, max: 65535, integer: true }); // 8000
+ * ```
+ */
+export function parseNumberFlag(
+  flag: string,
+  value: string | undefined,
+  options: { min: number; max: number; integer?: boolean },
+): number | undefined {
+  if (value === undefined) return undefined;
+  const what = options.integer ? "an integer" : "a number";
+  const n = value.trim() === "" ? NaN : Number(value);
+  if (!Number.isFinite(n) || (options.integer && !Number.isInteger(n))) {
+    throw new TypeError(
+      `Invalid ${flag}: expected ${what} from ${options.min} to ${options.max}, got "${value}"`,
+    );
+  }
+  if (n < options.min || n > options.max) {
+    throw new RangeError(
+      `Invalid ${flag}: expected ${what} from ${options.min} to ${options.max}, got ${n}`,
+    );
+  }
+  return n;
+}
+
+/** The flags every entry point shares, as `node:util` `parseArgs` options. */
+export const SANDBOX_FLAG_OPTIONS = {
+  timeout: { type: "string" },
+  memory: { type: "string" },
+  "pool-size": { type: "string" },
+  "max-output-bytes": { type: "string" },
+  "session-secret": { type: "string" },
+  "cache-dir": { type: "string" },
+} as const satisfies ParseArgsOptionsConfig;
+
+/** What {@linkcode parseSandboxFlags} returns. */
+export interface ParsedSandboxFlags<V> {
+  /** Options for `new PyodideSandbox()`: permissions and limits. */
+  sandboxOptions: SandboxOptions;
+  /** The values of the caller's own flags (and the shared ones, as text). */
+  values: V;
+  /** Positional arguments. */
+  positionals: string[];
+}
+
+/**
+ * Parses the permission flags, the shared limit flags (`--timeout SECONDS`,
+ * `--memory MB`, `--pool-size N`, `--max-output-bytes N`,
+ * `--session-secret S` or env `SANDBOX_SESSION_SECRET`, `--cache-dir DIR`)
+ * and the caller's own flags. Unknown flags are rejected.
+ *
+ * @param args Command-line arguments (`Deno.args`).
+ * @param extra The caller's own `parseArgs` options.
+ * @param config `allowPositionals` (default false) and an environment
+ *   lookup (default `Deno.env.get`, errors ignored).
+ * @returns The sandbox options, the flag values and the positionals.
+ * @throws {TypeError} When a flag is unknown, lacks its value or is not a
+ *   number where one is expected.
+ * @throws {RangeError} When a number is out of range.
+ * @example
+ * ```ts
+ * import { parseSandboxFlags } from "./_cli_flags.ts";
+ * const { sandboxOptions, values } = parseSandboxFlags(
+ *   ["--allow-net=example.com", "--timeout", "5", "--port", "9000"],
+ *   { port: { type: "string" } },
+ * );
+ * // sandboxOptions: { allowNet: ["example.com"], timeoutSeconds: 5 }
+ * // values.port: "9000"
+ * ```
+ */
+export function parseSandboxFlags<T extends ParseArgsOptionsConfig>(
+  args: readonly string[],
+  extra: T,
+  config: {
+    allowPositionals?: boolean;
+    env?: (name: string) => string | undefined;
+  } = {},
+): ParsedSandboxFlags<
+  ReturnType<typeof parseArgs<{ options: T & typeof SANDBOX_FLAG_OPTIONS }>>[
+    "values"
+  ]
+> {
+  const { permissions, rest } = extractPermissionFlags(args);
+  for (const name of Object.keys(extra)) {
+    if (name.startsWith("allow-") || name in SANDBOX_FLAG_OPTIONS) {
+      throw new TypeError(
+        `Invalid flag definition: "--${name}" is already a shared flag`,
+      );
+    }
+  }
+  const options = { ...SANDBOX_FLAG_OPTIONS, ...extra } as
+    & T
+    & typeof SANDBOX_FLAG_OPTIONS;
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: rest,
+      options,
+      strict: true,
+      allowPositionals: config.allowPositionals ?? false,
+    });
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error);
+    throw new TypeError(`Invalid command line: ${message}`);
+  }
+  const v = parsed.values as Record<string, unknown>;
+  const text = (name: string): string | undefined => {
+    const value = v[name];
+    if (value === undefined) return undefined;
+    if (typeof value !== "string") {
+      throw new TypeError(`Invalid --${name}: expected a value`);
+    }
+    return value;
+  };
+  const env = config.env ?? envLookup;
+  const sandboxOptions: SandboxOptions = { ...permissions };
+  const timeout = parseNumberFlag("--timeout", text("timeout"), {
+    min: 0.001,
+    max: 86_400,
+  });
+  if (timeout !== undefined) sandboxOptions.timeoutSeconds = timeout;
+  const memory = parseNumberFlag("--memory", text("memory"), {
+    min: 64,
+    max: 4096,
+    integer: true,
+  });
+  if (memory !== undefined) sandboxOptions.memoryLimitMb = memory;
+  const pool = parseNumberFlag("--pool-size", text("pool-size"), {
+    min: 0,
+    max: 64,
+    integer: true,
+  });
+  if (pool !== undefined) sandboxOptions.poolSize = pool;
+  const maxOutput = parseNumberFlag(
+    "--max-output-bytes",
+    text("max-output-bytes"),
+    { min: 0, max: 1024 ** 3, integer: true },
+  );
+  if (maxOutput !== undefined) sandboxOptions.maxOutputBytes = maxOutput;
+  const secret = text("session-secret") ?? env("SANDBOX_SESSION_SECRET");
+  if (secret !== undefined && secret !== "") {
+    sandboxOptions.sessionSecret = secret;
+  }
+  const cacheDir = text("cache-dir");
+  if (cacheDir !== undefined) sandboxOptions.cacheDir = cacheDir;
+  return {
+    sandboxOptions,
+    values: parsed.values as ParsedSandboxFlags<
+      ReturnType<
+        typeof parseArgs<{ options: T & typeof SANDBOX_FLAG_OPTIONS }>
+      >[
+        "values"
+      ]
+    >["values"],
+    positionals: parsed.positionals,
+  };
+}
+
+function envLookup(name: string): string | undefined {
+  try {
+    return Deno.env.get(name);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Whether a hostname only listens on the loopback interface
+ * (`localhost`, `127.0.0.0/8`, `::1`).
+ *
+ * @param hostname The `--hostname` value.
+ * @returns True for loopback names and addresses.
+ * @example
+ * ```ts
+ * import { isLoopbackHostname } from "./_cli_flags.ts";
+ * isLoopbackHostname("127.0.0.1"); // true
+ * isLoopbackHostname("0.0.0.0"); // false
+ * ```
+ */
+export function isLoopbackHostname(hostname: string): boolean {
+  const h = hostname.toLowerCase().replace(/^\[(.*)\]$/, "$1");
+  if (h === "localhost" || h === "::1" || h === "0:0:0:0:0:0:0:1") return true;
+  return /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+}
+
+/**
+ * The URL a server listens on, for its start-up line.
+ *
+ * @param addr The listening address.
+ * @param path The path to append.
+ * @returns E.g. `http://127.0.0.1:8000/`.
+ * @example
+ * ```ts
+ * import { listenUrl } from "./_cli_flags.ts";
+ * listenUrl({ transport: "tcp", hostname: "::1", port: 80 }); // "http://[::1]:80/"
+ * ```
+ */
+export function listenUrl(addr: Deno.NetAddr, path = "/"): string {
+  const host = addr.hostname.includes(":")
+    ? `[${addr.hostname}]`
+    : addr.hostname;
+  return `http://${host}:${addr.port}${path}`;
+}
