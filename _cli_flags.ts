@@ -253,12 +253,41 @@ export function parseSandboxFlags<T extends ParseArgsOptionsConfig>(
   };
 }
 
-function envLookup(name: string): string | undefined {
+/**
+ * Reads an environment variable; `undefined` when it is unset, empty, or the
+ * env permission is missing.
+ *
+ * @param name The variable.
+ * @returns Its value.
+ * @example
+ * ```ts
+ * import { envLookup } from "./_cli_flags.ts";
+ * envLookup("SANDBOX_TOKEN");
+ * ```
+ */
+export function envLookup(name: string): string | undefined {
   try {
-    return Deno.env.get(name);
+    return Deno.env.get(name) || undefined;
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Prints `error: <message>` to stderr and exits with `code`.
+ *
+ * @param message What went wrong.
+ * @param code The exit code.
+ * @returns Never.
+ * @example
+ * ```ts ignore
+ * import { fail } from "./_cli_flags.ts";
+ * fail("Invalid --port: expected an integer", 2);
+ * ```
+ */
+export function fail(message: string, code: number): never {
+  console.error(`error: ${message}`);
+  Deno.exit(code);
 }
 
 /**

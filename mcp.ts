@@ -32,6 +32,8 @@ import {
   WWW_AUTHENTICATE,
 } from "./_auth.ts";
 import {
+  envLookup,
+  fail,
   isLoopbackHostname,
   listenUrl,
   parseNumberFlag,
@@ -399,19 +401,6 @@ Serves the sandbox over MCP: stdio by default, streamable HTTP with --http.
   --help                     Show this help
 `;
 
-function fail(message: string, code: number): never {
-  console.error(`error: ${message}`);
-  Deno.exit(code);
-}
-
-function env(name: string): string | undefined {
-  try {
-    return Deno.env.get(name) || undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 function onSignals(stop: (signal: string) => void): void {
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
     try {
@@ -445,7 +434,7 @@ async function main(args: string[]): Promise<void> {
     return;
   }
   const hostname = values.hostname ?? "127.0.0.1";
-  const token = values.token ?? env("SANDBOX_TOKEN");
+  const token = values.token ?? envLookup("SANDBOX_TOKEN");
   let mcp: SandboxMcp;
   let port = 8000;
   try {

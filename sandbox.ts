@@ -20,7 +20,6 @@ import type {
   SessionMetadata,
 } from "./result.ts";
 import {
-  type CallOptions,
   type CallOutcome,
   type ChildSpec,
   SandboxChild,
@@ -558,14 +557,18 @@ export function packInputFiles(
   return { index, bin };
 }
 
-function settingsFrom(options: SandboxOptions): Settings {
-  if (options === null || typeof options !== "object") {
+function checkObject(what: string, value: unknown): void {
+  if (value === null || typeof value !== "object") {
     throw new TypeError(
-      `Invalid sandbox options: expected an object, got ${
-        options === null ? "null" : typeof options
+      `Invalid ${what} options: expected an object, got ${
+        value === null ? "null" : typeof value
       }`,
     );
   }
+}
+
+function settingsFrom(options: SandboxOptions): Settings {
+  checkObject("sandbox", options);
   checkKeys("sandbox", options, OPTION_NAMES);
   const o = options;
   if (o.denoPath !== undefined && typeof o.denoPath !== "string") {
@@ -739,13 +742,7 @@ export class BasePyodideSandbox {
         }`,
       );
     }
-    if (options === null || typeof options !== "object") {
-      throw new TypeError(
-        `Invalid execute options: expected an object, got ${
-          options === null ? "null" : typeof options
-        }`,
-      );
-    }
+    checkObject("execute", options);
     checkKeys("execute", options, EXECUTE_OPTION_NAMES);
     const bytes = new TextEncoder().encode(code).length;
     if (bytes > this.#settings.maxCodeBytes) {
@@ -1507,9 +1504,7 @@ export class PyodideSandbox extends BasePyodideSandbox {
    */
   async openSession(options: SessionOptions = {}): Promise<PyodideSession> {
     this.#checkOpen();
-    if (options === null || typeof options !== "object") {
-      throw new TypeError("Invalid session options: expected an object");
-    }
+    checkObject("session", options);
     checkKeys(
       "session",
       options,
@@ -1542,6 +1537,10 @@ export class PyodideSandbox extends BasePyodideSandbox {
       },
     );
     this.#sessions.add(session);
+    // The child process is unref'd: without a ref'd timer, a program whose
+    // only pending work is this start would end (or `deno test` would
+    // report an unresolved promise) before the session is ready.
+    const keepAlive = setInterval(() => {}, 1000);
     try {
       await child.ready;
     } catch (error) {
@@ -1550,6 +1549,8 @@ export class PyodideSandbox extends BasePyodideSandbox {
         `The session could not be started: ${child.describeExit()}`,
         { cause: error },
       );
+    } finally {
+      clearInterval(keepAlive);
     }
     return session;
   }

@@ -24,6 +24,8 @@
 import { createHandler, type SandboxHandler } from "./handler.ts";
 import { hostProblem, loopbackHosts } from "./_auth.ts";
 import {
+  envLookup,
+  fail,
   isLoopbackHostname,
   listenUrl,
   parseNumberFlag,
@@ -56,19 +58,6 @@ const USAGE = `Usage: deno task serve [flags]
   --help                     Show this help
 `;
 
-function fail(message: string, code: number): never {
-  console.error(`error: ${message}`);
-  Deno.exit(code);
-}
-
-function env(name: string): string | undefined {
-  try {
-    return Deno.env.get(name) || undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 /** Parses flags, starts the server and handles shutdown. */
 async function main(args: string[]): Promise<void> {
   let parsed;
@@ -93,7 +82,7 @@ async function main(args: string[]): Promise<void> {
     return;
   }
   const hostname = values.hostname ?? "127.0.0.1";
-  const token = values.token ?? env("SANDBOX_TOKEN");
+  const token = values.token ?? envLookup("SANDBOX_TOKEN");
   let handler: SandboxHandler;
   let port: number;
   try {
