@@ -219,7 +219,10 @@ function locatePyodide(
   denoPath: string,
   cacheDir: string,
 ): { pyodideDir: string; denoDir: string } {
-  const record = join(cacheDir, `locations-${PYODIDE_VERSION}.json`);
+  const record = join(
+    cacheDir,
+    `locations-${PYODIDE_VERSION}-${fnv(denoPath).slice(0, 8)}.json`,
+  );
   try {
     const saved = JSON.parse(Deno.readTextFileSync(record));
     if (saved.denoPath === denoPath) {
@@ -276,6 +279,12 @@ function linkChildDenoDir(cacheDir: string, denoDir: string): string {
   // (localStorage, caches) points below a regular file, so untrusted code
   // cannot use it to fill the disk.
   const dir = join(cacheDir, "deno-dir");
+  try {
+    // A damaged cache (a file or link where the folder belongs) is rebuilt.
+    if (!Deno.lstatSync(dir).isDirectory) Deno.removeSync(dir);
+  } catch {
+    // Missing: created below.
+  }
   Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
   const links: [string, string][] = [
     ["npm", join(denoDir, "npm")],
