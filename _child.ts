@@ -37,7 +37,11 @@ export interface Frame {
 class FrameParser {
   #marker: Uint8Array;
   #nonce: Uint8Array;
-  #buf = new Uint8Array(0);
+  /** Bytes received and not yet parsed, and their total length. */
+  #chunks: Uint8Array[] = [];
+  #size = 0;
+  /** Bytes needed (from the first kept byte) before parsing again. */
+  #need = 0;
   strayBytes = 0;
   corrupt = false;
 
@@ -49,25 +53,33 @@ class FrameParser {
   }
 
   push(chunk: Uint8Array): Frame[] {
-    const merged = new Uint8Array(this.#buf.length + chunk.length);
-    merged.set(this.#buf, 0);
-    merged.set(chunk, this.#buf.length);
-    let buf = merged;
+    // Chunks are only joined once enough bytes for the pending frame have
+    // arrived, and frames are cut by offset: a big frame arriving in many
+    // chunks costs linear, not quadratic, time and memory.
+    this.#chunks.push(chunk);
+    this.#size += chunk.length;
+    if (this.#size < this.#need) return [];
+    const buf = this.#chunks.length === 1
+      ? this.#chunks[0]
+      : concatChunks(this.#chunks, this.#size);
     const frames: Frame[] = [];
     const marker = this.#marker;
+    let pos = 0;
+    let need = 0;
     for (;;) {
-      const at = indexOf(buf, marker);
+      const at = indexOf(buf, marker, pos);
       if (at < 0) {
         // Keep a possible partial marker at the end; drop the rest.
-        const keep = Math.min(buf.length, marker.length - 1);
-        this.strayBytes += buf.length - keep;
-        buf = buf.slice(buf.length - keep);
+        const keep = Math.min(buf.length - pos, marker.length - 1);
+        this.strayBytes += buf.length - pos - keep;
+        pos = buf.length - keep;
         break;
       }
-      this.strayBytes += at;
+      this.strayBytes += at - pos;
+      pos = at;
       const start = at + marker.length;
       if (buf.length < start + 9) {
-        buf = buf.slice(at);
+        need = start + 9 - at;
         break;
       }
       const view = new DataView(buf.buffer, buf.byteOffset + start, 9);
@@ -76,13 +88,13 @@ class FrameParser {
       const binLength = view.getUint32(5);
       const end = start + 9 + jsonLength + binLength + NONCE_BYTES;
       if (buf.length < end) {
-        buf = buf.slice(at);
+        need = end - at;
         break;
       }
       const trailer = buf.subarray(end - NONCE_BYTES, end);
       if (!equalBytes(trailer, this.#nonce)) {
         this.corrupt = true;
-        buf = buf.slice(start);
+        pos = start;
         continue;
       }
       let json: unknown;
@@ -94,22 +106,39 @@ class FrameParser {
         );
       } catch {
         this.corrupt = true;
-        buf = buf.slice(end);
+        pos = end;
         continue;
       }
       const bin = buf.slice(start + 9 + jsonLength, end - NONCE_BYTES);
       frames.push({ type, json, bin });
-      buf = buf.slice(end);
+      pos = end;
     }
-    this.#buf = buf;
+    const rest = buf.slice(pos);
+    this.#chunks = rest.length > 0 ? [rest] : [];
+    this.#size = rest.length;
+    this.#need = need;
     return frames;
   }
 }
 
-function indexOf(haystack: Uint8Array, needle: Uint8Array): number {
+function concatChunks(chunks: Uint8Array[], size: number): Uint8Array {
+  const out = new Uint8Array(size);
+  let offset = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, offset);
+    offset += chunk.length;
+  }
+  return out;
+}
+
+function indexOf(
+  haystack: Uint8Array,
+  needle: Uint8Array,
+  from = 0,
+): number {
   const first = needle[0];
   const last = haystack.length - needle.length;
-  for (let i = haystack.indexOf(first); i >= 0 && i <= last;) {
+  for (let i = haystack.indexOf(first, from); i >= 0 && i <= last;) {
     let j = 1;
     while (j < needle.length && haystack[i + j] === needle[j]) j++;
     if (j === needle.length) return i;
@@ -289,6 +318,8 @@ export class SandboxChild {
     this.#exited = this.#process.status.then((status) => {
       this.#exitCode = status.code;
       if (this.#watchdog !== undefined) clearInterval(this.#watchdog);
+      // Release the parent's end of the stdin pipe (else one fd per child).
+      this.#stdin.abort().catch(() => {});
       for (const fn of [...this.#exitListeners]) fn();
       return status.code;
     });
@@ -440,6 +471,10 @@ export class SandboxChild {
       }, KILL_GRACE_MS);
       this.#exited.finally(() => clearTimeout(timer));
     }
+    // The process is unref'd: keep the event loop alive until it is gone,
+    // or a caller awaiting this kill (after SIGKILL) may never resume.
+    const hold = setInterval(() => {}, 1000);
+    this.#exited.finally(() => clearInterval(hold));
     return this.#exited;
   }
 

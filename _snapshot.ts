@@ -111,6 +111,18 @@ async function build(env: Environment, path: string): Promise<void> {
 }
 
 /**
+ * Forgets that a snapshot was verified, so that the next
+ * {@linkcode ensureSnapshot} hashes it again and rebuilds it when it is
+ * corrupted (a change that keeps size and mtime, such as bit rot, is not
+ * seen by the fingerprint). Called when a child fails to start from it.
+ *
+ * @param path The snapshot path.
+ */
+export function distrustSnapshot(path: string): void {
+  verified.delete(path);
+}
+
+/**
  * Returns the path of a verified base snapshot, building it when it is
  * missing, corrupted or from another version. Verification (sha256) happens
  * once per process and again whenever the file changes.

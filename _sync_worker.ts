@@ -8,7 +8,11 @@
 
 import { workerData } from "node:worker_threads";
 import type { MessagePort } from "node:worker_threads";
-import { PyodideSandbox, type PyodideSession } from "./sandbox.ts";
+import {
+  type HostFunction,
+  PyodideSandbox,
+  type PyodideSession,
+} from "./sandbox.ts";
 import { fromShared, toShared } from "./_shared_bytes.ts";
 
 interface Data {
@@ -40,7 +44,7 @@ const sandbox = new PyodideSandbox({
   ...options,
   skipDenoCheck: true,
   functions: Object.fromEntries(
-    functionNames.map((name) => [name, callerFunction(name)]),
+    functionNames.map((name) => [name, callerFunction(name) as HostFunction]),
   ),
 });
 const sessions = new Map<string, PyodideSession>();

@@ -249,9 +249,15 @@ def _mime_bundle(obj):
             bundle[mime] = str(data)
     return bundle
 
+# The runner's JS helpers are reached through this module-level name, never
+# through a function-local "import js": when an interrupt lands in a call made
+# through a local (LOAD_FAST) js proxy, the callee's JsProxy leaks, and a
+# leaked non-path-tracked function makes the session unsavable ("Can't
+# serialize object"), e.g. after a timeout in time.sleep or a host call.
+import js as _js
+
 def _emit_display(bundle):
-    import js
-    js.__pyodideSandboxDisplay(json.dumps(bundle))
+    _js.__pyodideSandboxDisplay(json.dumps(bundle))
 
 def display(*objs, **_ignored):
     """Show objects as rich output: they become result.displays (MIME bundles)."""
@@ -274,8 +280,7 @@ def _host_call(name, args, kwargs):
     except (TypeError, ValueError) as e:
         raise TypeError("host function %s(): arguments must be JSON-safe (%s)" % (name, e)) from None
     _flush()
-    import js
-    reply = json.loads(js.__pyodideSandboxCall(payload))
+    reply = json.loads(_js.__pyodideSandboxCall(payload))
     if reply.get("interrupted"):
         raise KeyboardInterrupt
     if reply.get("ok"):
@@ -372,13 +377,12 @@ def _sleep(secs):
     secs = float(secs)
     if secs < 0:
         raise ValueError("sleep length must be non-negative")
-    import js
     end = _time.monotonic() + secs
     while True:
         left = end - _time.monotonic()
         if left <= 0:
             break
-        js.__pyodideSandboxSleep(min(left, 0.02))
+        _js.__pyodideSandboxSleep(min(left, 0.02))
 
 _time.sleep = _sleep
 
@@ -486,34 +490,66 @@ interface ExecRequest {
 const writeStdout = Deno.stdout.writeSync.bind(Deno.stdout);
 const U8 = Uint8Array;
 const u8Set = Uint8Array.prototype.set;
-const u8Subarray = Uint8Array.prototype.subarray;
 const apply = Reflect.apply;
 const stringify = JSON.stringify;
 const encoder = new TextEncoder();
 const encode = TextEncoder.prototype.encode;
 const dvSetUint32 = DataView.prototype.setUint32;
 const DV = DataView;
+const AB = ArrayBuffer;
+// Typed-array accessors, captured: a replaced getter would otherwise be
+// called with the frame being built (which holds the nonce) as `this`.
+const typedArrayProto = Object.getPrototypeOf(Uint8Array.prototype);
+const getLength = Object.getOwnPropertyDescriptor(typedArrayProto, "length")!
+  .get!;
+const getBuffer = Object.getOwnPropertyDescriptor(typedArrayProto, "buffer")!
+  .get!;
+const getByteOffset = Object.getOwnPropertyDescriptor(
+  typedArrayProto,
+  "byteOffset",
+)!.get!;
+/** Largest stdout/stderr frame: bigger writes are split. */
+const STREAM_FRAME_BYTES = 64 * 1024;
 
 let nonce: Uint8Array = new U8(NONCE_BYTES);
 
 function send(type: number, json: unknown, bin?: Uint8Array): void {
+  // Only captured functions touch the frame: no getter, species constructor
+  // or method that user code can replace ever sees it (or the nonce in it).
   const head: Uint8Array = apply(encode, encoder, [stringify(json ?? null)]);
   const body = bin ?? new U8(0);
-  const prefix = FRAME_MAGIC.length + NONCE_BYTES;
-  const total = prefix + 9 + head.length + body.length + NONCE_BYTES;
-  const out = new U8(total);
+  const headLength: number = apply(getLength, head, []);
+  const bodyLength: number = apply(getLength, body, []);
+  const prefix = 4 + NONCE_BYTES;
+  const total = prefix + 9 + headLength + bodyLength + NONCE_BYTES;
+  const frame = new AB(total);
+  const out = new U8(frame);
   apply(u8Set, out, [FRAME_MAGIC, 0]);
-  apply(u8Set, out, [nonce, FRAME_MAGIC.length]);
+  apply(u8Set, out, [nonce, 4]);
   out[prefix] = type;
-  const view = new DV(out.buffer);
-  apply(dvSetUint32, view, [prefix + 1, head.length]);
-  apply(dvSetUint32, view, [prefix + 5, body.length]);
+  const view = new DV(frame);
+  apply(dvSetUint32, view, [prefix + 1, headLength]);
+  apply(dvSetUint32, view, [prefix + 5, bodyLength]);
   apply(u8Set, out, [head, prefix + 9]);
-  apply(u8Set, out, [body, prefix + 9 + head.length]);
+  apply(u8Set, out, [body, prefix + 9 + headLength]);
   apply(u8Set, out, [nonce, total - NONCE_BYTES]);
   let offset = 0;
   while (offset < total) {
-    offset += writeStdout(apply(u8Subarray, out, [offset]));
+    offset += writeStdout(new U8(frame, offset));
+  }
+}
+
+/**
+ * Sends a stdout or stderr write as frames of at most 64 KiB, so the
+ * parent never has to buffer a huge frame (it keeps only maxOutputBytes).
+ */
+function sendStream(type: number, buf: Uint8Array): void {
+  const length: number = apply(getLength, buf, []);
+  const buffer: ArrayBuffer = apply(getBuffer, buf, []);
+  const byteOffset: number = apply(getByteOffset, buf, []);
+  for (let i = 0; i < length; i += STREAM_FRAME_BYTES) {
+    const n = Math.min(STREAM_FRAME_BYTES, length - i);
+    send(type, null, new U8(buffer, byteOffset + i, n));
   }
 }
 
@@ -578,8 +614,23 @@ async function main(): Promise<void> {
   let restoredFiles: Uint8Array | undefined;
   if (first.bin.length > 0) {
     const state = unpackState(new U8(zlib.inflateRawSync(first.bin)));
+    // Pyodide 314.0.7 restores a snapshot into the wasm heap without growing
+    // it (its INITIAL_MEMORY hint is ignored: the heap starts at 36 MiB), so
+    // a session that grew past that fails with "offset is out of bounds".
+    // Grow the heap to the snapshot's size before the restore.
+    // deno-lint-ignore no-import-prefix
+    const asm = await import("npm:pyodide@314.0.7/pyodide.asm.mjs");
+    const size = state.snapshot.length;
     pyodide = await loadPyodide(
-      { _loadSnapshot: state.snapshot, _makeSnapshot: true } as never,
+      {
+        _loadSnapshot: state.snapshot,
+        _makeSnapshot: true,
+        createPyodideModule: async (settings: unknown) => {
+          const module = await asm.default(settings);
+          if (module.HEAP8.length < size) module._emscripten_resize_heap(size);
+          return module;
+        },
+      } as never,
     );
     restoredFiles = state.files;
     // Refresh the helpers: the session may come from an older runner.
@@ -685,13 +736,13 @@ async function main(): Promise<void> {
   };
   pyodide.setStdout({
     write(buf: Uint8Array) {
-      send(ToParent.stdout, null, buf);
+      sendStream(ToParent.stdout, buf);
       return buf.length;
     },
   });
   pyodide.setStderr({
     write(buf: Uint8Array) {
-      send(ToParent.stderr, null, buf);
+      sendStream(ToParent.stderr, buf);
       return buf.length;
     },
   });

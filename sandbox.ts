@@ -36,7 +36,7 @@ import {
   resolveEnvironment,
   snapshotPath,
 } from "./_setup.ts";
-import { ensureSnapshot } from "./_snapshot.ts";
+import { distrustSnapshot, ensureSnapshot } from "./_snapshot.ts";
 import { openSession, sealSession, SessionError } from "./_session_bytes.ts";
 import { InstallError, PackageResolver } from "./_packages.ts";
 import { encodeBase64 } from "./_base64.ts";
@@ -1220,21 +1220,38 @@ export class PyodideSandbox extends BasePyodideSandbox {
     oneShot: boolean,
     state?: Uint8Array,
   ): Promise<SandboxChild> {
-    const snapshot = await this.#prepare();
-    const child = await SandboxChild.spawn(this.childSpec(memoryLimitMb), {
-      mode: "serve",
-      snapshotPath: snapshot,
-      state,
-      oneShot,
-      revokeRead: this.#revocable(),
-    });
-    this.#live.add(child);
-    child.onExit(() => {
-      this.#live.delete(child);
-      child.cleanup();
-    });
-    return child;
+    // Counted so that close() waits for starts in flight: a call that was
+    // queued when close() ran must not start a child after it.
+    this.#spawning++;
+    try {
+      const snapshot = await this.#prepare();
+      this.#checkOpen();
+      const child = await SandboxChild.spawn(this.childSpec(memoryLimitMb), {
+        mode: "serve",
+        snapshotPath: snapshot,
+        state,
+        oneShot,
+        revokeRead: this.#revocable(),
+      });
+      // A child that dies before it is ready may have met a corrupted
+      // snapshot: hash it again before the next start.
+      child.ready.catch(() => distrustSnapshot(snapshot));
+      this.#live.add(child);
+      child.onExit(() => {
+        this.#live.delete(child);
+        child.cleanup();
+      });
+      if (this.#closed) {
+        child.kill();
+        this.#checkOpen();
+      }
+      return child;
+    } finally {
+      this.#spawning--;
+    }
   }
+
+  #spawning = 0;
 
   /** Runner paths the user did not grant: the child revokes them after loading. */
   #revocable(): string[] {
@@ -1280,7 +1297,9 @@ export class PyodideSandbox extends BasePyodideSandbox {
     while (this.#pending > 0) {
       await new Promise((r) => setTimeout(r, 10));
     }
-    await Promise.all(this.#pool.map((c) => c.ready.catch(() => {})));
+    await holdingLoop(
+      Promise.all(this.#pool.map((c) => c.ready.catch(() => {}))),
+    );
   }
 
   /** Takes a ready (or loading) pooled child, or spawns one. */
@@ -1404,9 +1423,10 @@ export class PyodideSandbox extends BasePyodideSandbox {
     } finally {
       if (release !== "timeout") release();
       if (child && delivered) {
-        // The work is done and the result is in hand: SIGKILL (certain and
-        // immediate) and let the exit be reaped in the background.
-        child.kill("exit", true);
+        // The work is done and the result is in hand: SIGKILL is certain
+        // and immediate (no graceful shutdown to wait for), and waiting for
+        // the reap keeps the promise that no child outlives the call.
+        await child.kill("exit", true);
       } else if (child) {
         child.kill();
         await child.closed;
@@ -1576,7 +1596,7 @@ export class PyodideSandbox extends BasePyodideSandbox {
     });
     this.#pool = [];
     await Promise.all([...sessions, ...children]);
-    while (this.#pending > 0) {
+    while (this.#pending > 0 || this.#spawning > 0) {
       await new Promise((r) => setTimeout(r, 10));
       await Promise.all([...this.#live].map((c) => {
         c.kill();
@@ -1588,6 +1608,20 @@ export class PyodideSandbox extends BasePyodideSandbox {
   /** Same as {@linkcode close}. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
+  }
+}
+
+/**
+ * Awaits a promise while keeping the event loop alive: children are unref'd
+ * (so idle ones never keep the host running), and without this a script or
+ * test that only awaits a child's start would end before it is ready.
+ */
+async function holdingLoop<T>(promise: Promise<T>): Promise<T> {
+  const timer = setInterval(() => {}, 60_000);
+  try {
+    return await promise;
+  } finally {
+    clearInterval(timer);
   }
 }
 
