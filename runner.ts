@@ -327,7 +327,10 @@ def _patch_matplotlib():
     show._sandbox = True
     plt.show = show
 
-_installed = {}
+# Kept across a session resume (this setup runs again then): the packages
+# installed before the state was saved are still there.
+_installed = dict(getattr(sys.modules.get("_pyodide_sandbox"), "_installed", None) or {})
+_mod._installed = _installed
 
 def plan(code, required_json):
     """Top-level imports of the code that cannot be imported yet."""
@@ -716,7 +719,9 @@ async function main(): Promise<void> {
       const bytes = Uint8Array.from(atob(wheel.data), (c) => c.charCodeAt(0));
       const format = wheel.fileName.endsWith(".whl") ? "wheel" : "zip";
       try {
-        pyodide.unpackArchive(bytes, format);
+        // Into site-packages, not the working folder (the default), where
+        // the package's files would show up in result.files.
+        pyodide.unpackArchive(bytes, format, { extractDir: SITE_PACKAGES });
       } catch (error) {
         return `Package "${wheel.name}" could not be unpacked: ${error}`;
       }
@@ -863,7 +868,11 @@ async function main(): Promise<void> {
       if (init.oneShot) Deno.exit(0);
     } else if (message.type === ToChild.save) {
       const state = saveState();
-      send(ToParent.saved, state.json, state.bin);
+      send(
+        ToParent.saved,
+        { ...state.json, packages: JSON.parse(installedList()) },
+        state.bin,
+      );
     }
   }
 }

@@ -163,7 +163,8 @@ export interface SandboxOptions extends PermissionOptions {
   onAudit?: AuditCallback;
   /**
    * File that receives one JSON line per audit record, appended (created
-   * with mode 0600). Opened in the constructor to check it; when a record
+   * with mode 0600; a relative path resolves against the working directory
+   * at construction). Opened in the constructor to check it; when a record
    * cannot be written later, the call rejects.
    * @default {undefined}
    */

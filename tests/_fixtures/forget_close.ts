@@ -1,0 +1,22 @@
+/**
+ * Spawned by tests/pool_test.ts: creates a sandbox with the default warm
+ * pool, runs one call, prints what it saw, and never closes the sandbox.
+ * The process must still exit promptly on its own.
+ *
+ * @module
+ */
+
+import { PyodideSandbox } from "../../sandbox.ts";
+import { childrenOf } from "./procs.ts";
+
+const sandbox = new PyodideSandbox();
+const result = await sandbox.execute("print(6 * 7)");
+const stat = Deno.readTextFileSync("/proc/self/stat");
+const sid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[3]);
+console.log(JSON.stringify({
+  stdout: result.stdout,
+  sid,
+  children: childrenOf(Deno.pid),
+  poolSize: sandbox.poolSize,
+}));
+// No sandbox.close(): idle pooled children must not keep this process alive.

@@ -1,0 +1,120 @@
+/**
+ * Process helpers for tests that count sandbox children (Linux `/proc`).
+ *
+ * @module
+ */
+
+/**
+ * Reads the fields of `/proc/<pid>/stat` after the command name.
+ *
+ * @param pid A process id.
+ * @returns The fields from `state` on, or undefined when the process is gone.
+ */
+function statFields(pid: number): string[] | undefined {
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  } catch {
+    return undefined;
+  }
+  // The command name may contain spaces and parentheses: split after the last ")".
+  return text.slice(text.lastIndexOf(")") + 2).trim().split(" ");
+}
+
+/**
+ * Whether a process exists and is not a zombie.
+ *
+ * @param pid A process id.
+ * @returns True while the process runs.
+ */
+export function isRunning(pid: number): boolean {
+  const fields = statFields(pid);
+  return fields !== undefined && fields[0] !== "Z" && fields[0] !== "X";
+}
+
+function commandLine(pid: number): string {
+  try {
+    return Deno.readTextFileSync(`/proc/${pid}/cmdline`).replaceAll("\0", " ");
+  } catch {
+    return "";
+  }
+}
+
+/**
+ * Direct children of a process.
+ *
+ * @param pid A process id.
+ * @returns Their pids.
+ */
+export function childrenOf(pid: number): number[] {
+  const out: number[] = [];
+  let tasks: Iterable<Deno.DirEntry>;
+  try {
+    tasks = Deno.readDirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const task of tasks) {
+    try {
+      const text = Deno.readTextFileSync(
+        `/proc/${pid}/task/${task.name}/children`,
+      );
+      for (const part of text.trim().split(/\s+/)) {
+        if (part) out.push(Number(part));
+      }
+    } catch {
+      // The thread ended.
+    }
+  }
+  return out;
+}
+
+/**
+ * Running sandbox children (`deno run ... runner.ts`) of this process.
+ *
+ * @returns Their pids, sorted.
+ */
+export function sandboxChildren(): number[] {
+  return childrenOf(Deno.pid)
+    .filter((pid) => isRunning(pid) && /runner\.ts/.test(commandLine(pid)))
+    .sort((a, b) => a - b);
+}
+
+/**
+ * Running processes of a session (`setsid`), e.g. everything a fixture
+ * script started, even after it was reparented.
+ *
+ * @param sid The session id (the pid of the process that called setsid).
+ * @returns Their pids.
+ */
+export function processesInSession(sid: number): number[] {
+  const out: number[] = [];
+  for (const entry of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    const fields = statFields(Number(entry.name));
+    // state ppid pgrp session ...
+    if (fields && fields[0] !== "Z" && Number(fields[3]) === sid) {
+      out.push(Number(entry.name));
+    }
+  }
+  return out;
+}
+
+/**
+ * Polls until a condition holds or the bound passes.
+ *
+ * @param condition Checked every 50 ms.
+ * @param ms Upper bound.
+ * @returns Whether the condition held.
+ */
+export async function waitFor(
+  condition: () => boolean,
+  ms: number,
+): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (condition()) return true;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return condition();
+}
