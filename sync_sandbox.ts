@@ -26,6 +26,9 @@ import {
 import type { CodeExecutionResult, JsonValue, MimeBundle } from "./result.ts";
 import { fromShared, toShared } from "./_shared_bytes.ts";
 
+/** How long the caller waits for the worker thread to start. */
+const WORKER_START_MS = 20_000;
+
 /** Extra time the caller waits for the worker beyond a call's own timeout. */
 const WORKER_MARGIN_MS = 30_000;
 
@@ -87,7 +90,18 @@ class Bridge {
     });
     this.#worker.unref();
     this.#port.unref?.();
-    this.#wait(0, 60_000);
+    try {
+      this.#wait(0, WORKER_START_MS);
+    } catch (error) {
+      this.#closed = true;
+      this.#worker.terminate();
+      throw new Error(
+        `The sandbox worker did not start within ${
+          WORKER_START_MS / 1000
+        } seconds: its module failed to load or is blocked`,
+        { cause: error },
+      );
+    }
   }
 
   get closed(): boolean {
@@ -175,7 +189,7 @@ class Bridge {
       const left = end - performance.now();
       if (left <= 0) {
         throw new Error(
-          "The sandbox worker did not answer: it stopped responding in time",
+          "The sandbox worker did not answer: it stopped responding within the call's timeout plus 30 seconds",
         );
       }
       const seen = Atomics.load(this.#counter, 0);
