@@ -56,6 +56,8 @@ interface Entry {
 interface Source {
   label: string;
   entries: Entry[];
+  /** The index could not be read this time: ask again on the next call. */
+  unreachable?: boolean;
 }
 
 /**
@@ -254,6 +256,7 @@ export class PackageResolver {
           sources.push({
             label: `${lockUrl} (unreachable: ${(error as Error).message})`,
             entries: [],
+            unreachable: true,
           });
           continue;
         }
@@ -267,8 +270,20 @@ export class PackageResolver {
       }
       return sources;
     })();
-    this.#loaded.catch(() => this.#loaded = undefined);
-    return this.#loaded;
+    const loaded = this.#loaded;
+    // A failure is not kept for the sandbox's lifetime: an index that was
+    // down (or a folder that could not be read) is tried again next time.
+    loaded.then(
+      (sources) => {
+        if (sources.some((s) => s.unreachable) && this.#loaded === loaded) {
+          this.#loaded = undefined;
+        }
+      },
+      () => {
+        if (this.#loaded === loaded) this.#loaded = undefined;
+      },
+    );
+    return loaded;
   }
 
   async #dirSource(dir: string): Promise<Source> {

@@ -89,6 +89,7 @@ const PYTHON_SETUP = String.raw`
 import sys, json, math, types, linecache, traceback, gc, os
 import __main__
 
+_previous = sys.modules.get("_pyodide_sandbox")
 _mod = types.ModuleType("_pyodide_sandbox")
 sys.modules["_pyodide_sandbox"] = _mod
 _FILENAME = "<sandbox>"
@@ -227,26 +228,29 @@ def _mime_bundle(obj):
     if isinstance(obj, type):
         return bundle
     for name, mime, binary in _MIME_METHODS:
-        method = getattr(obj, name, None)
-        if not callable(method):
-            continue
+        # A failing or odd _repr_*_ only loses its MIME type: it never
+        # fails the run (the last expression) or the display() call.
         try:
+            method = getattr(obj, name, None)
+            if not callable(method):
+                continue
             data = method()
+            if isinstance(data, tuple):
+                data = data[0]
+            if data is None:
+                continue
+            if binary:
+                if isinstance(data, str):
+                    value = data
+                else:
+                    value = _b64.b64encode(bytes(data)).decode("ascii")
+            elif mime == "application/json":
+                value = _jsonable(json.loads(data) if isinstance(data, str) else data)
+            else:
+                value = str(data)
         except Exception:
             continue
-        if isinstance(data, tuple):
-            data = data[0]
-        if data is None:
-            continue
-        if binary:
-            if isinstance(data, str):
-                bundle[mime] = data
-            else:
-                bundle[mime] = _b64.b64encode(bytes(data)).decode("ascii")
-        elif mime == "application/json":
-            bundle[mime] = json.loads(data) if isinstance(data, str) else _jsonable(data)
-        else:
-            bundle[mime] = str(data)
+        bundle[mime] = value
     return bundle
 
 # The runner's JS helpers are reached through this module-level name, never
@@ -329,7 +333,7 @@ def _patch_matplotlib():
 
 # Kept across a session resume (this setup runs again then): the packages
 # installed before the state was saved are still there.
-_installed = dict(getattr(sys.modules.get("_pyodide_sandbox"), "_installed", None) or {})
+_installed = dict(getattr(_previous, "_installed", None) or {})
 _mod._installed = _installed
 
 def plan(code, required_json):
@@ -785,7 +789,28 @@ async function main(): Promise<void> {
       new U8(interruptBuffer)[0] = 0;
       setStdin(pyodide, request.stdin);
       const warnings: string[] = [];
-      writeInputFiles(pyodide, request.files ?? [], message.bin);
+      const filesError = writeInputFiles(
+        pyodide,
+        request.files ?? [],
+        message.bin,
+      );
+      if (filesError) {
+        // A files entry the filesystem refuses (a path under a file, an
+        // existing folder): the code does not run.
+        send(ToParent.result, {
+          out: JSON.stringify({
+            ok: false,
+            error: {
+              type: "OSError",
+              message: filesError,
+              traceback: `OSError: ${filesError}\n`,
+            },
+          }),
+          notRun: true,
+        });
+        if (init.oneShot) Deno.exit(0);
+        continue;
+      }
       for (const path of request.hostRead ?? []) {
         copyHostIn(pyodide, path, warnings);
       }
@@ -811,6 +836,7 @@ async function main(): Promise<void> {
             error: { type: "InstallError", message: installError },
           }),
           installError: true,
+          notRun: true,
           interrupted: installError.includes("interrupted"),
         });
         if (init.oneShot) Deno.exit(0);
@@ -933,19 +959,40 @@ function sandboxPath(path: string): string {
   return "/" + parts.join("/");
 }
 
+/** Emscripten errno numbers met when writing input files. */
+const ERRNO_NAMES: Record<number, string> = {
+  2: "permission denied",
+  20: "a file or folder of that name exists",
+  31: "it is a folder",
+  44: "no such file or folder",
+  54: "a parent is not a folder",
+};
+
+/** Writes the input files; returns an error message, or "" when done. */
 function writeInputFiles(
   pyodide: Pyodide,
   files: { path: string; size: number }[],
   bin: Uint8Array,
-): void {
+): string {
   let offset = 0;
   for (const file of files) {
     const path = sandboxPath(file.path);
     const dir = path.slice(0, path.lastIndexOf("/")) || "/";
-    pyodide.FS.mkdirTree(dir);
-    pyodide.FS.writeFile(path, bin.subarray(offset, offset + file.size));
+    try {
+      pyodide.FS.mkdirTree(dir);
+      pyodide.FS.writeFile(path, bin.subarray(offset, offset + file.size));
+    } catch (error) {
+      const errno = (error as { errno?: number }).errno;
+      const reason = errno === undefined
+        ? String(error)
+        : ERRNO_NAMES[errno] ?? `errno ${errno}`;
+      return `Invalid files entry: ${
+        JSON.stringify(file.path)
+      } cannot be written to ${path} (${reason})`;
+    }
     offset += file.size;
   }
+  return "";
 }
 
 /** Folders of Pyodide's own filesystem that host folders may not replace. */
@@ -1005,10 +1052,17 @@ function copyHostIn(pyodide: Pyodide, root: string, warnings: string[]): void {
 function copyHostOut(pyodide: Pyodide, path: string): void {
   try {
     const data = pyodide.FS.readFile(path) as Uint8Array;
-    Deno.mkdirSync(path.slice(0, path.lastIndexOf("/")) || "/", {
-      recursive: true,
-    });
-    Deno.writeFileSync(path, data);
+    try {
+      Deno.writeFileSync(path, data);
+    } catch (error) {
+      // Create missing parents only when needed: a grant of a single file
+      // does not allow mkdir on its (existing) folder.
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+      Deno.mkdirSync(path.slice(0, path.lastIndexOf("/")) || "/", {
+        recursive: true,
+      });
+      Deno.writeFileSync(path, data);
+    }
   } catch (error) {
     send(
       ToParent.stderr,

@@ -830,11 +830,11 @@ export class BasePyodideSandbox {
       soft: how.soft,
       signal: call.signal,
       maxOutputBytes: settings.maxOutputBytes,
-      onStdout: call.onStdout,
-      onStderr: call.onStderr,
-      onDisplay: call.onDisplay as
-        | ((b: Record<string, unknown>) => void)
-        | undefined,
+      onStdout: guardCallback(call.onStdout),
+      onStderr: guardCallback(call.onStderr),
+      onDisplay: guardCallback(
+        call.onDisplay as ((b: Record<string, unknown>) => void) | undefined,
+      ),
       onCall: (request) =>
         request.name === INSTALL_CALL
           ? installPackages(settings.packageResolver, request.args)
@@ -1020,6 +1020,8 @@ export async function resultFromOutcome(
     stateError?: string;
     droppedGlobals?: string;
     installError?: boolean;
+    /** The code did not run (install or files error): no new state. */
+    notRun?: boolean;
     packages?: string[];
   };
   let out: RunnerOut;
@@ -1065,7 +1067,7 @@ export async function resultFromOutcome(
       ? `${e.message}\n`
       : e.traceback;
   }
-  if (ctx.wantState) {
+  if (ctx.wantState && !header.notRun) {
     if (header.droppedGlobals) {
       result.stderr +=
         `Warning: these globals held live JavaScript objects and were not saved: ${header.droppedGlobals}\n`;
@@ -1637,6 +1639,23 @@ function emptyOutput() {
   };
 }
 
+/**
+ * Wraps an output callback so that an exception it throws is ignored: it
+ * runs inside the child's frame reader, which must keep reading.
+ */
+function guardCallback<T>(
+  callback: ((value: T) => void) | undefined,
+): ((value: T) => void) | undefined {
+  if (!callback) return undefined;
+  return (value) => {
+    try {
+      callback(value);
+    } catch {
+      // A failing callback must not break the call.
+    }
+  };
+}
+
 function isDirectory(path: string): boolean {
   try {
     return Deno.statSync(path).isDirectory;
@@ -1908,7 +1927,9 @@ export class PyodideSession {
           maxOutputBytes: 0,
         },
       );
-      const header = outcome.frame?.json as { stateError?: string } | undefined;
+      const header = outcome.frame?.json as
+        | { stateError?: string; packages?: string[] }
+        | undefined;
       if (!outcome.frame || header?.stateError || !outcome.frame.bin.length) {
         if (!outcome.frame) {
           this.#lost =
@@ -1922,6 +1943,7 @@ export class PyodideSession {
         outcome.frame.bin,
         this.#ctx.previous,
         this.#ctx.settings.sessionSecret,
+        { packages: header?.packages ?? [] },
       );
       this.#ctx.previous = sealed.sessionMetadata;
       return sealed;
