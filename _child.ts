@@ -5,6 +5,7 @@
  * @module
  */
 
+import { concatBytes } from "./_bytes.ts";
 import {
   encodeToChild,
   FRAME_MAGIC,
@@ -61,7 +62,7 @@ class FrameParser {
     if (this.#size < this.#need) return [];
     const buf = this.#chunks.length === 1
       ? this.#chunks[0]
-      : concatChunks(this.#chunks, this.#size);
+      : concatBytes(this.#chunks);
     const frames: Frame[] = [];
     const marker = this.#marker;
     let pos = 0;
@@ -119,16 +120,6 @@ class FrameParser {
     this.#need = need;
     return frames;
   }
-}
-
-function concatChunks(chunks: Uint8Array[], size: number): Uint8Array {
-  const out = new Uint8Array(size);
-  let offset = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, offset);
-    offset += chunk.length;
-  }
-  return out;
 }
 
 function indexOf(

@@ -13,7 +13,7 @@ import {
   PyodideSandbox,
   type PyodideSession,
 } from "./sandbox.ts";
-import { fromShared, toShared } from "./_shared_bytes.ts";
+import { fromShared, toShared } from "./_bytes.ts";
 
 interface Data {
   port: MessagePort;

@@ -15,7 +15,7 @@ import type { CodeExecutionResult, SessionMetadata } from "./result.ts";
 import { parseSandboxFlags } from "./_cli_flags.ts";
 import { PERMISSION_NAMES } from "./permissions.ts";
 import { dirname, join } from "node:path";
-import { decodeBase64, encodeBase64 } from "./_base64.ts";
+import { decodeBase64, encodeBase64 } from "./_bytes.ts";
 
 const PERMISSION_HELP = PERMISSION_NAMES.map((name) =>
   `  --allow-${name}[=LIST]`.padEnd(32) +

@@ -14,6 +14,7 @@
  * @module
  */
 
+import { concatBytes } from "./_bytes.ts";
 import {
   type ExecuteOptions,
   PyodideSandbox,
@@ -724,13 +725,7 @@ async function readBody(req: Request, max: number): Promise<Uint8Array> {
     }
     chunks.push(value);
   }
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
-  }
-  return out;
+  return concatBytes(chunks);
 }
 
 /** Reads a JSON object body; `undefined` for an empty body when allowed. */

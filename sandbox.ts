@@ -19,11 +19,7 @@ import type {
   ResultFile,
   SessionMetadata,
 } from "./result.ts";
-import {
-  type CallOutcome,
-  type ChildSpec,
-  SandboxChild,
-} from "./_child.ts";
+import { type CallOutcome, type ChildSpec, SandboxChild } from "./_child.ts";
 import {
   checkDeno,
   childArgs,
@@ -39,7 +35,7 @@ import {
 import { distrustSnapshot, ensureSnapshot } from "./_snapshot.ts";
 import { openSession, sealSession, SessionError } from "./_session_bytes.ts";
 import { InstallError, PackageResolver } from "./_packages.ts";
-import { encodeBase64 } from "./_base64.ts";
+import { concatBytes, encodeBase64 } from "./_bytes.ts";
 import { resolve } from "node:path";
 import {
   INSTALL_CALL,
@@ -549,13 +545,7 @@ export function packInputFiles(
     index.push({ path, size: bytes.length });
     blobs.push(bytes);
   }
-  const bin = new Uint8Array(blobs.reduce((n, b) => n + b.length, 0));
-  let offset = 0;
-  for (const blob of blobs) {
-    bin.set(blob, offset);
-    offset += blob.length;
-  }
-  return { index, bin };
+  return { index, bin: concatBytes(blobs) };
 }
 
 function checkObject(what: string, value: unknown): void {

@@ -24,7 +24,7 @@ import {
   type SessionOptions,
 } from "./sandbox.ts";
 import type { CodeExecutionResult, JsonValue, MimeBundle } from "./result.ts";
-import { fromShared, toShared } from "./_shared_bytes.ts";
+import { fromShared, toShared } from "./_bytes.ts";
 
 /** How long the caller waits for the worker thread to start. */
 const WORKER_START_MS = 20_000;

@@ -1,0 +1,83 @@
+/**
+ * Byte helpers shared by the host side: concatenation, base64 for bytes in
+ * JSON (CLI output, HTTP API), and SharedArrayBuffers for moving bytes
+ * between threads (Deno's `node:worker_threads` ports copy large typed
+ * arrays slowly — seconds for 20 MB — while a shared buffer is passed by
+ * reference).
+ *
+ * @module
+ */
+
+/**
+ * Joins byte arrays.
+ *
+ * @param parts The arrays, in order.
+ * @returns One array holding them all.
+ */
+export function concatBytes(parts: Uint8Array[]): Uint8Array {
+  let size = 0;
+  for (const part of parts) size += part.length;
+  const out = new Uint8Array(size);
+  let offset = 0;
+  for (const part of parts) {
+    out.set(part, offset);
+    offset += part.length;
+  }
+  return out;
+}
+
+/**
+ * Encodes bytes as standard base64.
+ *
+ * @param bytes Input.
+ * @returns Base64 text.
+ */
+export function encodeBase64(bytes: Uint8Array): string {
+  let binary = "";
+  const chunk = 0x8000;
+  for (let i = 0; i < bytes.length; i += chunk) {
+    binary += String.fromCharCode(...bytes.subarray(i, i + chunk));
+  }
+  return btoa(binary);
+}
+
+/**
+ * Decodes standard base64.
+ *
+ * @param text Base64 text.
+ * @returns The bytes.
+ * @throws {TypeError} When the text is not valid base64.
+ */
+export function decodeBase64(text: string): Uint8Array {
+  let binary: string;
+  try {
+    binary = atob(text);
+  } catch {
+    throw new TypeError("Invalid base64: the text is not valid base64");
+  }
+  const out = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) out[i] = binary.charCodeAt(i);
+  return out;
+}
+
+/**
+ * Copies bytes into a new SharedArrayBuffer.
+ *
+ * @param bytes Input.
+ * @returns A shared buffer with the same bytes.
+ */
+export function toShared(bytes: Uint8Array): SharedArrayBuffer {
+  const shared = new SharedArrayBuffer(bytes.length);
+  new Uint8Array(shared).set(bytes);
+  return shared;
+}
+
+/**
+ * Copies a shared buffer back into an ordinary Uint8Array.
+ *
+ * @param shared Input.
+ * @returns The bytes.
+ */
+export function fromShared(shared: SharedArrayBuffer): Uint8Array {
+  return new Uint8Array(shared).slice();
+}
