@@ -50,7 +50,9 @@ export interface AuditRecord {
   durationMs: number;
   /**
    * `"success"` or `"error"` as in the result; `"aborted"` when the call's
-   * `signal` aborted it (the promise rejected).
+   * `signal` aborted it (the promise rejected). A call that rejected for
+   * another reason (say, the snapshot could not be built) is recorded as
+   * `"error"` with `errorKind` `"crash"`.
    */
   status: "success" | "error" | "aborted";
   /** The result's error kind, when `status` is `"error"`. */
@@ -267,7 +269,9 @@ export class CallGuard {
 
     const time = new Date();
     const started = performance.now();
-    const codeBytes = new TextEncoder().encode(call.code);
+    const codeBytes = auditing
+      ? new TextEncoder().encode(call.code)
+      : new Uint8Array(0);
     const digest = auditing
       ? crypto.subtle.digest("SHA-256", codeBytes)
       : undefined;

@@ -166,6 +166,8 @@ export interface ChildInit {
   state?: Uint8Array;
   oneShot: boolean;
   revokeRead?: string[];
+  /** Warm the call path before reporting ready (pooled children). */
+  warm?: boolean;
 }
 
 /** Why a call ended without a result frame. */
@@ -302,6 +304,7 @@ export class SandboxChild {
         snapshotPath: init.snapshotPath,
         oneShot: init.oneShot,
         revokeRead: init.revokeRead,
+        warm: init.warm,
       }, init.state),
     ).catch(() => {});
     this.#readStdout();

@@ -21,6 +21,14 @@ const INSTALL_HINT =
 
 const checkedDeno = new Map<string, boolean>();
 
+function isOwnBinary(denoPath: string): boolean {
+  try {
+    return !Deno.build.standalone && denoPath === Deno.execPath();
+  } catch {
+    return false; // No read permission to learn it: check by running.
+  }
+}
+
 /**
  * Picks the `deno` binary the children run.
  *
@@ -34,13 +42,19 @@ export function resolveDenoPath(denoPath?: string): string {
 }
 
 /**
- * Checks, once per binary and process, that `deno --version` runs.
+ * Checks, once per binary and process, that `deno --version` runs (the
+ * binary running this process is known to run and is not started).
  *
  * @param denoPath The binary.
  * @throws {Error} When it cannot be run.
  */
 export function checkDeno(denoPath: string): void {
   if (checkedDeno.get(denoPath)) return;
+  if (isOwnBinary(denoPath)) {
+    // The binary running this code: it can run. Saves a process start.
+    checkedDeno.set(denoPath, true);
+    return;
+  }
   let ok = false;
   let detail = "";
   try {

@@ -403,12 +403,27 @@ const STDIN_WORKER = `
 let interrupt;
 let replyControl;
 let replyData;
-let buf = new Uint8Array(0);
+// Unread bytes: a view into a buffer that grows by doubling, so a large
+// frame (session state) arriving in many chunks is not copied once per chunk.
+let store = new Uint8Array(1 << 16);
+let buf = store.subarray(0, 0);
 function append(chunk) {
-  const next = new Uint8Array(buf.length + chunk.length);
-  next.set(buf, 0);
-  next.set(chunk, buf.length);
-  buf = next;
+  let start = buf.byteOffset;
+  const length = buf.length;
+  if (start + length + chunk.length > store.length) {
+    if (length + chunk.length > store.length) {
+      const next = new Uint8Array(
+        Math.max(length + chunk.length, store.length * 2),
+      );
+      next.set(buf, 0);
+      store = next;
+    } else {
+      store.copyWithin(0, start, start + length);
+    }
+    start = 0;
+  }
+  store.set(chunk, start + length);
+  buf = store.subarray(start, start + length + chunk.length);
 }
 self.onmessage = (e) => {
   interrupt = new Uint8Array(e.data.interrupt);
@@ -450,7 +465,11 @@ function reply(bytes) {
         const bin = buf.slice(9 + jsonLength, total);
         self.postMessage({ type, json, bin }, [bin.buffer]);
       }
-      buf = buf.slice(total);
+      buf = buf.subarray(total);
+    }
+    if (buf.length === 0) {
+      if (store.length > (1 << 20)) store = new Uint8Array(1 << 16);
+      buf = store.subarray(0, 0);
     }
   }
   // The parent is gone: nobody will read a result, so stop at once, even
@@ -471,6 +490,8 @@ interface InitRequest {
   snapshotPath?: string;
   oneShot: boolean;
   revokeRead?: string[];
+  /** Run the runner's own call path once before reporting ready. */
+  warm?: boolean;
 }
 
 interface ExecRequest {
@@ -643,7 +664,9 @@ async function main(): Promise<void> {
     // Refresh the helpers: the session may come from an older runner.
     pyodide.runPython(PYTHON_SETUP, { globals: pyodide.toPy({}) });
   } else if (init.snapshotPath) {
-    const snapshot = Deno.readFileSync(init.snapshotPath);
+    // Read off the main thread while Pyodide loads its own modules: it
+    // awaits the snapshot only right before instantiating the wasm.
+    const snapshot = Deno.readFile(init.snapshotPath);
     pyodide = await loadPyodide(
       { _loadSnapshot: snapshot, _makeSnapshot: true } as never,
     );
@@ -755,6 +778,20 @@ async function main(): Promise<void> {
       return buf.length;
     },
   });
+  if (init.warm) {
+    // A pooled child waits for work anyway: walk the call path once (code
+    // that does nothing, in the namespace the call will use) so that the
+    // call does not pay for first-time work (lazily compiled wasm and JS,
+    // import caches). No user code has run, so the interpreter stays fresh.
+    setStdin(pyodide, undefined);
+    fileStates(pyodide, [HOME]);
+    prepare("[]");
+    setRequest("pass");
+    await pyodide.runPythonAsync(
+      "await __import__('_pyodide_sandbox').run()",
+      { globals: pyodide.toPy({}) },
+    );
+  }
   send(ToParent.ready, { loadMs: performance.now() - started });
 
   function saveState(): { json: Record<string, unknown>; bin?: Uint8Array } {

@@ -55,6 +55,8 @@ import {
 
 /** Memory the child needs beyond `memoryLimitMb` (V8, Deno, Pyodide's JS). */
 const RSS_OVERHEAD_MB = 384;
+/** How long a call on a pooled child may run before its replacement starts. */
+const REFILL_DELAY_MS = 100;
 /** The smallest accepted `memoryLimitMb`: the base snapshot alone is 31 MB. */
 const MIN_MEMORY_MB = 64;
 /** The largest `memoryLimitMb`: WebAssembly's 32-bit heap tops out at 4 GiB. */
@@ -1212,6 +1214,7 @@ export class PyodideSandbox extends BasePyodideSandbox {
     memoryLimitMb: number,
     oneShot: boolean,
     state?: Uint8Array,
+    warm = false,
   ): Promise<SandboxChild> {
     // Counted so that close() waits for starts in flight: a call that was
     // queued when close() ran must not start a child after it.
@@ -1225,6 +1228,7 @@ export class PyodideSandbox extends BasePyodideSandbox {
         state,
         oneShot,
         revokeRead: this.#revocable(),
+        warm,
       });
       // A child that dies before it is ready may have met a corrupted
       // snapshot: hash it again before the next start.
@@ -1258,7 +1262,7 @@ export class PyodideSandbox extends BasePyodideSandbox {
     this.#pool = this.#pool.filter((c) => !c.exited);
     while (this.#pool.length + this.#pending < this.settings.poolSize) {
       this.#pending++;
-      this.#spawn(this.settings.memoryLimitMb, true)
+      this.#spawn(this.settings.memoryLimitMb, true, undefined, true)
         .then((child) => {
           if (this.#closed) child.close();
           else this.#pool.push(child);
@@ -1299,6 +1303,7 @@ export class PyodideSandbox extends BasePyodideSandbox {
   async #acquire(call: CallSettings, wantState: boolean): Promise<{
     child: SandboxChild;
     previous?: SessionMetadata;
+    pooled?: boolean;
   }> {
     if (call.sessionBytes) {
       const payload = await openSession(
@@ -1317,8 +1322,10 @@ export class PyodideSandbox extends BasePyodideSandbox {
     ) {
       this.#pool = this.#pool.filter((c) => !c.exited);
       const child = this.#pool.shift();
+      // A child taken from the pool is replaced once the call is done (see
+      // #run): one loading now would compete with the call for the CPU.
+      if (child) return { child, pooled: true };
       this.#refill();
-      if (child) return { child };
     }
     void wantState;
     return { child: await this.#spawn(call.memoryLimitMb, true) };
@@ -1372,6 +1379,7 @@ export class PyodideSandbox extends BasePyodideSandbox {
     const release = await this.#semaphore.acquire(call.signal, deadline);
     let child: SandboxChild | undefined;
     let delivered = false;
+    let refillTimer: ReturnType<typeof setTimeout> | undefined;
     try {
       if (release === "timeout") {
         return errorResult(
@@ -1396,6 +1404,11 @@ export class PyodideSandbox extends BasePyodideSandbox {
         throw error;
       }
       child = acquired.child;
+      if (acquired.pooled) {
+        // Replace the pooled child when the call ends, or now if it runs
+        // long.
+        refillTimer = setTimeout(() => this.#refill(), REFILL_DELAY_MS);
+      }
       const outcome = await this.runCall(child, call, {
         deadline,
         soft: false,
@@ -1423,6 +1436,10 @@ export class PyodideSandbox extends BasePyodideSandbox {
       } else if (child) {
         child.kill();
         await child.closed;
+      }
+      if (refillTimer !== undefined) {
+        clearTimeout(refillTimer);
+        this.#refill();
       }
     }
   }
