@@ -127,6 +127,35 @@ async function build(env: Environment, path: string): Promise<void> {
   );
   const stat = await Deno.stat(path);
   verified.set(path, fingerprint(stat));
+  await pruneOldSnapshots(env.cacheDir, path);
+}
+
+/** Snapshots of other runner versions older than this are removed. */
+const STALE_SNAPSHOT_MS = 24 * 60 * 60 * 1000;
+
+/**
+ * Removes snapshots (and their records) of other Pyodide or runner versions
+ * that have not been touched for a day: each is 30 MB, and another process
+ * with an older version of this module may still be using a recent one.
+ */
+async function pruneOldSnapshots(
+  cacheDir: string,
+  keep: string,
+): Promise<void> {
+  try {
+    for await (const entry of Deno.readDir(cacheDir)) {
+      if (!/^snapshot-.*\.bin$/.test(entry.name)) continue;
+      const path = `${cacheDir}/${entry.name}`;
+      if (path === keep) continue;
+      const stat = await Deno.stat(path);
+      const age = Date.now() - (stat.mtime?.getTime() ?? Date.now());
+      if (age < STALE_SNAPSHOT_MS) continue;
+      await Deno.remove(path).catch(() => {});
+      await Deno.remove(`${path}.json`).catch(() => {});
+    }
+  } catch {
+    // Pruning is best effort.
+  }
 }
 
 /**

@@ -40,8 +40,12 @@ function callerFunction(name: string) {
     });
 }
 
+const { auditEvents, ...sandboxOptions } = options;
 const sandbox = new PyodideSandbox({
-  ...options,
+  ...sandboxOptions,
+  ...(auditEvents
+    ? { onAudit: (data: unknown) => post({ event: "audit", data }) }
+    : {}),
   skipDenoCheck: true,
   functions: Object.fromEntries(
     functionNames.map((name) => [name, callerFunction(name) as HostFunction]),

@@ -25,6 +25,7 @@ import {
 } from "./sandbox.ts";
 import type { CodeExecutionResult, JsonValue, MimeBundle } from "./result.ts";
 import { fromShared, toShared } from "./_bytes.ts";
+import type { AuditCallback, AuditRecord } from "./_audit.ts";
 
 /** How long the caller waits for the worker thread to start. */
 const WORKER_START_MS = 20_000;
@@ -43,7 +44,7 @@ interface Reply {
 }
 
 interface WorkerEvent {
-  event: "stdout" | "stderr" | "display" | "call";
+  event: "stdout" | "stderr" | "display" | "call" | "audit";
   request?: number;
   data?: unknown;
   callId?: number;
@@ -70,11 +71,15 @@ class Bridge {
   #functions: Record<string, HostFunction>;
   #closed = false;
 
+  #onAudit?: AuditCallback;
+
   constructor(
     options: Record<string, unknown>,
     functions: Record<string, HostFunction>,
+    onAudit?: AuditCallback,
   ) {
     this.#functions = functions;
+    this.#onAudit = onAudit;
     const { port1, port2 } = new MessageChannel();
     const control = new SharedArrayBuffer(4);
     this.#counter = new Int32Array(control);
@@ -119,6 +124,14 @@ class Bridge {
   }
 
   #onEvent(event: WorkerEvent): void {
+    if (event.event === "audit") {
+      try {
+        this.#onAudit?.(event.data as AuditRecord);
+      } catch {
+        // The record is also in the auditLog, if one is set.
+      }
+      return;
+    }
     if (event.event === "call") {
       this.#port.postMessage({
         op: "callReply",
@@ -279,8 +292,14 @@ export class SyncPyodideSandbox extends BasePyodideSandbox {
 
   #worker(): Bridge {
     if (this.#bridge?.closed) throw new TypeError("The sandbox is closed");
-    const { functions, ...rest } = this.#options;
-    this.#bridge ??= new Bridge({ ...rest }, functions ?? {});
+    // Functions cannot be copied into the worker: host functions and the
+    // audit callback stay here and the worker forwards their calls.
+    const { functions, onAudit, ...rest } = this.#options;
+    this.#bridge ??= new Bridge(
+      { ...rest, auditEvents: onAudit !== undefined },
+      functions ?? {},
+      onAudit,
+    );
     return this.#bridge;
   }
 

@@ -39,7 +39,9 @@ const sandbox = new PyodideSandbox({
  * @param input The model's arguments.
  * @returns Text for the model.
  */
-export async function handleRunPython(input: { code: string }): Promise<string> {
+export async function handleRunPython(
+  input: { code: string },
+): Promise<string> {
   const result: CodeExecutionResult = await sandbox.execute(input.code);
   const parts = [result.stdout];
   if (result.status === "error") parts.push(result.stderr);
@@ -52,7 +54,8 @@ export async function handleRunPython(input: { code: string }): Promise<string> 
 if (import.meta.main) {
   console.log(
     await handleRunPython({
-      code: "total = 3 * lookup_price('apple') + lookup_price('pear')\nprint(f'total: {total}')\ntotal",
+      code:
+        "total = 3 * lookup_price('apple') + lookup_price('pear')\nprint(f'total: {total}')\ntotal",
     }),
   );
   await sandbox.close();

@@ -11,7 +11,9 @@ import { PyodideSandbox } from "../mod.ts";
 
 await using sandbox = new PyodideSandbox({ poolSize: 0 });
 const session = await sandbox.openSession();
-await session.execute("counter = 0\ndef bump():\n    global counter\n    counter += 1\n    return counter");
+await session.execute(
+  "counter = 0\ndef bump():\n    global counter\n    counter += 1\n    return counter",
+);
 await session.execute("bump()");
 console.log((await session.execute("bump()")).result); // 2
 const saved = await session.save();

@@ -313,3 +313,24 @@ record("again")
   }
   await assertNoDenoChildren("after the sync session test");
 });
+
+Deno.test("SyncPyodideSandbox delivers onAudit records on the caller's thread", () => {
+  const records: { status: string; codeBytes: number }[] = [];
+  const sandbox = new SyncPyodideSandbox({
+    poolSize: 0,
+    onAudit: (record) => {
+      records.push(record as unknown as { status: string; codeBytes: number });
+    },
+  });
+  try {
+    const ok = sandbox.execute("print(1)");
+    const bad = sandbox.execute("1/0");
+    assert.equal(ok.status, "success");
+    assert.equal(bad.error?.kind, "exception");
+    assert.equal(records.length, 2);
+    assert.deepEqual(records.map((r) => r.status), ["success", "error"]);
+    assert.equal(records[0].codeBytes, 8);
+  } finally {
+    sandbox.close();
+  }
+});
