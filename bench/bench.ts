@@ -24,7 +24,7 @@
 import { parseArgs } from "node:util";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { PyodideSandbox } from "../mod.ts";
+import { createHandler, PyodideSandbox } from "../mod.ts";
 import { SandboxChild } from "../_child.ts";
 import {
   childArgs,
@@ -191,6 +191,7 @@ async function runAll(env: Environment): Promise<void> {
   await pooledCase();
   await sessionCases();
   await burstCase();
+  await httpCase();
 }
 
 /** One naive run: a fresh `deno run` that loads Pyodide cold. */
@@ -564,6 +565,95 @@ async function burstCase(): Promise<void> {
     } s`,
   });
   extra.burstCpuPerCall = cpuPerCall;
+}
+
+/**
+ * Stateless calls at concurrency 8: the library called directly, then the
+ * same calls through the HTTP server (createHandler in Deno.serve on
+ * loopback), with the same sandbox settings.
+ */
+async function httpCase(): Promise<void> {
+  const calls = N.burstCalls;
+  log(`http: ${calls} calls at concurrency 8, direct and over HTTP`);
+  const options = { poolSize: 2, maxConcurrency: 8, cacheDir };
+  async function drive(
+    run: (i: number) => Promise<string>,
+  ): Promise<{ rate: number; latencies: number[] }> {
+    const latencies: number[] = [];
+    let next = 0;
+    const t = performance.now();
+    await Promise.all(
+      Array.from({ length: 8 }, async () => {
+        while (next < calls) {
+          const i = next++;
+          const start = performance.now();
+          const stdout = await run(i);
+          latencies.push(performance.now() - start);
+          if (stdout !== `${i}\n`) throw new Error(`A call failed: ${stdout}`);
+        }
+      }),
+    );
+    return { rate: calls / ((performance.now() - t) / 1000), latencies };
+  }
+  const direct = new PyodideSandbox(options);
+  let directResult;
+  try {
+    await direct.warmup();
+    directResult = await drive(async (i) =>
+      (await direct.execute(`print(${i})`)).stdout
+    );
+  } finally {
+    await direct.close();
+  }
+  const handler = createHandler({
+    sandboxOptions: options,
+    maxConcurrency: 8,
+    maxQueue: 64,
+  });
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    handler,
+  );
+  let httpResult;
+  try {
+    await handler.sandbox.warmup();
+    const url = `http://127.0.0.1:${server.addr.port}/v1/execute`;
+    httpResult = await drive(async (i) => {
+      const response = await fetch(url, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ code: `print(${i})` }),
+      });
+      return (await response.json()).stdout;
+    });
+  } finally {
+    await handler.close({ graceSeconds: 5 });
+    await server.shutdown();
+  }
+  rows.push({
+    name: "stateless calls/s at concurrency 8, direct",
+    unit: "calls/s",
+    samples: [directResult.rate],
+    latency: false,
+  });
+  rows.push({
+    name: "stateless calls/s at concurrency 8, over HTTP",
+    unit: "calls/s",
+    samples: [httpResult.rate],
+    latency: false,
+  });
+  rows.push({
+    name: "latency at concurrency 8, direct",
+    unit: "ms",
+    samples: directResult.latencies,
+    latency: false,
+  });
+  rows.push({
+    name: "latency at concurrency 8, over HTTP",
+    unit: "ms",
+    samples: httpResult.latencies,
+    latency: false,
+  });
 }
 
 // ---------------------------------------------------------------------------

@@ -418,7 +418,11 @@ export function childPids(): number[] {
     try {
       const stat = Deno.readTextFileSync(`/proc/${entry.name}/stat`);
       const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      if (Number(fields[1]) === Deno.pid && fields[0] !== "Z") {
+      if (
+        Number(fields[1]) === Deno.pid && fields[0] !== "Z" &&
+        Deno.readTextFileSync(`/proc/${entry.name}/cmdline`).split("\0")[0] ===
+          ATTACK_DENO
+      ) {
         pids.push(Number(entry.name));
       }
     } catch {
@@ -427,6 +431,25 @@ export function childPids(): number[] {
   }
   return pids;
 }
+
+/**
+ * A `deno` of this test module's own (a symlink), used as the sandboxes'
+ * `denoPath`: under `deno test --parallel` all test modules share one
+ * process, and only children started through it are this module's.
+ */
+export const ATTACK_DENO: string = (() => {
+  const dir = Deno.makeTempDirSync({ prefix: "sandbox-attack-deno-" });
+  const path = `${dir}/deno`;
+  Deno.symlinkSync(Deno.execPath(), path);
+  globalThis.addEventListener("unload", () => {
+    try {
+      Deno.removeSync(dir, { recursive: true });
+    } catch {
+      // Already gone.
+    }
+  });
+  return path;
+})();
 
 /**
  * Waits until no child processes are left, and fails if some remain.

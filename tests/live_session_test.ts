@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { PyodideSandbox, SessionError } from "../sandbox.ts";
 import { SyncPyodideSandbox } from "../sync_sandbox.ts";
 import { isRunning, sandboxChildren, waitFor } from "./_fixtures/procs.ts";
+import { TEST_DENO } from "./_fixtures/procs.ts";
 
 /** Python that swallows every interrupt and keeps looping. */
 const STUBBORN = "while True:\n" +
@@ -18,7 +19,10 @@ const STUBBORN = "while True:\n" +
   "        pass\n";
 
 Deno.test("PyodideSession keeps globals, imports and functions across steps in one process", async () => {
-  const sandbox = new PyodideSandbox({ poolSize: 0 });
+  const sandbox = new PyodideSandbox({
+    denoPath: TEST_DENO,
+    poolSize: 0,
+  });
   try {
     const session = await sandbox.openSession();
     assert.equal(sandbox.sessionCount, 1);
@@ -57,7 +61,10 @@ Deno.test("PyodideSession keeps globals, imports and functions across steps in o
 });
 
 Deno.test("PyodideSession runs calls issued at once one after another, in order", async () => {
-  const sandbox = new PyodideSandbox({ poolSize: 0 });
+  const sandbox = new PyodideSandbox({
+    denoPath: TEST_DENO,
+    poolSize: 0,
+  });
   try {
     const session = await sandbox.openSession();
     await session.execute("log = []");
@@ -81,7 +88,10 @@ Deno.test("PyodideSession runs calls issued at once one after another, in order"
 });
 
 Deno.test("PyodideSession keeps files in the working folder across steps", async () => {
-  const sandbox = new PyodideSandbox({ poolSize: 0 });
+  const sandbox = new PyodideSandbox({
+    denoPath: TEST_DENO,
+    poolSize: 0,
+  });
   try {
     const session = await sandbox.openSession();
     const write = await session.execute(
@@ -102,8 +112,14 @@ Deno.test("PyodideSession keeps files in the working folder across steps", async
 });
 
 Deno.test("PyodideSession.save() resumes state and files in a new session of the same and of another sandbox", async () => {
-  const first = new PyodideSandbox({ poolSize: 0 });
-  const second = new PyodideSandbox({ poolSize: 0 });
+  const first = new PyodideSandbox({
+    denoPath: TEST_DENO,
+    poolSize: 0,
+  });
+  const second = new PyodideSandbox({
+    denoPath: TEST_DENO,
+    poolSize: 0,
+  });
   try {
     const session = await first.openSession();
     await session.execute(
@@ -132,7 +148,11 @@ Deno.test("PyodideSession.save() resumes state and files in a new session of the
     }
 
     // The saved bytes also feed a stateless sandbox's stateful execute.
-    const stateful = new PyodideSandbox({ poolSize: 0, stateful: true });
+    const stateful = new PyodideSandbox({
+      denoPath: TEST_DENO,
+      poolSize: 0,
+      stateful: true,
+    });
     try {
       const r = await stateful.execute(check, saved);
       assert.equal(r.status, "success", r.stderr);
@@ -147,7 +167,10 @@ Deno.test("PyodideSession.save() resumes state and files in a new session of the
 });
 
 Deno.test("PyodideSandbox.openSession() rejects tampered session bytes", async () => {
-  const sandbox = new PyodideSandbox({ poolSize: 0 });
+  const sandbox = new PyodideSandbox({
+    denoPath: TEST_DENO,
+    poolSize: 0,
+  });
   try {
     const session = await sandbox.openSession();
     await session.execute("x = 1");
@@ -177,7 +200,10 @@ for (
   ]
 ) {
   Deno.test(`PyodideSession survives a timeout in ${what} with its state`, async () => {
-    const sandbox = new PyodideSandbox({ poolSize: 0 });
+    const sandbox = new PyodideSandbox({
+      denoPath: TEST_DENO,
+      poolSize: 0,
+    });
     try {
       const session = await sandbox.openSession();
       const setup = await session.execute(
@@ -208,6 +234,7 @@ for (
 Deno.test("PyodideSession survives a timeout in a blocked host function call and can still be saved", async () => {
   let release!: () => void;
   const sandbox = new PyodideSandbox({
+    denoPath: TEST_DENO,
     poolSize: 0,
     functions: {
       wait: () =>
@@ -233,7 +260,11 @@ Deno.test("PyodideSession survives a timeout in a blocked host function call and
 });
 
 Deno.test("PyodideSession step that times out while queued behind maxConcurrency leaves the session intact", async () => {
-  const sandbox = new PyodideSandbox({ poolSize: 0, maxConcurrency: 1 });
+  const sandbox = new PyodideSandbox({
+    denoPath: TEST_DENO,
+    poolSize: 0,
+    maxConcurrency: 1,
+  });
   try {
     const session = await sandbox.openSession();
     await session.execute("x = 3");
@@ -254,7 +285,10 @@ Deno.test("PyodideSession step that times out while queued behind maxConcurrency
 });
 
 Deno.test("PyodideSession aborted by a signal rejects with its reason and is then lost", async () => {
-  const sandbox = new PyodideSandbox({ poolSize: 0 });
+  const sandbox = new PyodideSandbox({
+    denoPath: TEST_DENO,
+    poolSize: 0,
+  });
   try {
     const session = await sandbox.openSession();
     const controller = new AbortController();
@@ -278,7 +312,10 @@ Deno.test("PyodideSession aborted by a signal rejects with its reason and is the
 });
 
 Deno.test("PyodideSession is lost after a hard kill: the call times out and later calls return kind session", async () => {
-  const sandbox = new PyodideSandbox({ poolSize: 0 });
+  const sandbox = new PyodideSandbox({
+    denoPath: TEST_DENO,
+    poolSize: 0,
+  });
   try {
     const session = await sandbox.openSession();
     const setup = await session.execute("import js\nx = 7\njs.Deno.pid");
@@ -315,7 +352,10 @@ Deno.test("PyodideSession is lost after a hard kill: the call times out and late
 });
 
 Deno.test("PyodideSession is lost when its process dies and says so", async () => {
-  const sandbox = new PyodideSandbox({ poolSize: 0 });
+  const sandbox = new PyodideSandbox({
+    denoPath: TEST_DENO,
+    poolSize: 0,
+  });
   try {
     const session = await sandbox.openSession();
     const crashed = await session.execute("import js\njs.Deno.exit(3)");
@@ -331,7 +371,10 @@ Deno.test("PyodideSession is lost when its process dies and says so", async () =
 });
 
 Deno.test("PyodideSandbox.close() ends open sessions and their children", async () => {
-  const sandbox = new PyodideSandbox({ poolSize: 0 });
+  const sandbox = new PyodideSandbox({
+    denoPath: TEST_DENO,
+    poolSize: 0,
+  });
   const a = await sandbox.openSession();
   const b = await sandbox.openSession();
   assert.equal(sandbox.sessionCount, 2);
@@ -345,7 +388,10 @@ Deno.test("PyodideSandbox.close() ends open sessions and their children", async 
 });
 
 Deno.test("PyodideSession works next to a warm pool without using or disturbing it", async () => {
-  const sandbox = new PyodideSandbox({ poolSize: 1 });
+  const sandbox = new PyodideSandbox({
+    denoPath: TEST_DENO,
+    poolSize: 1,
+  });
   try {
     await sandbox.warmup();
     const pooled = sandboxChildren();
@@ -363,7 +409,10 @@ Deno.test("PyodideSession works next to a warm pool without using or disturbing 
 });
 
 Deno.test("SyncPyodideSession keeps state across steps and resumes from save()", () => {
-  const sandbox = new SyncPyodideSandbox({ poolSize: 0 });
+  const sandbox = new SyncPyodideSandbox({
+    denoPath: TEST_DENO,
+    poolSize: 0,
+  });
   try {
     const session = sandbox.openSession();
     assert.equal(typeof session.id, "string");

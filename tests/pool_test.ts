@@ -12,12 +12,16 @@ import {
   sandboxChildren,
   waitFor,
 } from "./_fixtures/procs.ts";
+import { TEST_DENO } from "./_fixtures/procs.ts";
 
 /** The pid of the process that ran the code, plus whatever else it returns. */
 const PID = "import js\n";
 
 Deno.test("PyodideSandbox.warmup() starts poolSize children that wait for work", async () => {
-  const sandbox = new PyodideSandbox({ poolSize: 2 });
+  const sandbox = new PyodideSandbox({
+    denoPath: TEST_DENO,
+    poolSize: 2,
+  });
   try {
     assert.deepEqual(sandboxChildren(), [], "no child before the first use");
     await sandbox.warmup();
@@ -30,7 +34,10 @@ Deno.test("PyodideSandbox.warmup() starts poolSize children that wait for work",
 });
 
 Deno.test("PyodideSandbox pooled calls each get a fresh interpreter in a fresh process", async () => {
-  const sandbox = new PyodideSandbox({ poolSize: 2 });
+  const sandbox = new PyodideSandbox({
+    denoPath: TEST_DENO,
+    poolSize: 2,
+  });
   try {
     await sandbox.warmup();
     const pooled = sandboxChildren();
@@ -72,7 +79,10 @@ Deno.test("PyodideSandbox pooled calls each get a fresh interpreter in a fresh p
 });
 
 Deno.test("PyodideSandbox refills the pool in the background after a call", async () => {
-  const sandbox = new PyodideSandbox({ poolSize: 1 });
+  const sandbox = new PyodideSandbox({
+    denoPath: TEST_DENO,
+    poolSize: 1,
+  });
   try {
     await sandbox.warmup();
     const [pooled] = sandboxChildren();
@@ -92,7 +102,10 @@ Deno.test("PyodideSandbox refills the pool in the background after a call", asyn
 });
 
 Deno.test("PyodideSandbox with poolSize 0 keeps no child between calls", async () => {
-  const sandbox = new PyodideSandbox({ poolSize: 0 });
+  const sandbox = new PyodideSandbox({
+    denoPath: TEST_DENO,
+    poolSize: 0,
+  });
   try {
     const result = await sandbox.execute("1 + 1");
     assert.equal(result.result, 2);
@@ -108,7 +121,11 @@ Deno.test("PyodideSandbox with poolSize 0 keeps no child between calls", async (
 });
 
 Deno.test("PyodideSandbox runs a call with its own memoryLimitMb in a child started with that limit, not a pooled one", async () => {
-  const sandbox = new PyodideSandbox({ poolSize: 2, memoryLimitMb: 512 });
+  const sandbox = new PyodideSandbox({
+    denoPath: TEST_DENO,
+    poolSize: 2,
+    memoryLimitMb: 512,
+  });
   const code = PID +
     "try:\n    b = bytearray(200 * 1024 * 1024)\n    got = 'allocated'\n" +
     "    del b\nexcept MemoryError:\n    got = 'MemoryError'\n[got, js.Deno.pid]";
@@ -139,7 +156,11 @@ Deno.test("PyodideSandbox runs a call with its own memoryLimitMb in a child star
 });
 
 Deno.test("PyodideSandbox with maxConcurrency 1 runs queued calls in FIFO order", async () => {
-  const sandbox = new PyodideSandbox({ poolSize: 0, maxConcurrency: 1 });
+  const sandbox = new PyodideSandbox({
+    denoPath: TEST_DENO,
+    poolSize: 0,
+    maxConcurrency: 1,
+  });
   try {
     const finished: number[] = [];
     const calls = [0, 1, 2].map((i) =>
@@ -163,7 +184,11 @@ Deno.test("PyodideSandbox with maxConcurrency 1 runs queued calls in FIFO order"
 });
 
 Deno.test("PyodideSandbox returns a timeout for a queued call whose timeout expires while it waits", async () => {
-  const sandbox = new PyodideSandbox({ poolSize: 0, maxConcurrency: 1 });
+  const sandbox = new PyodideSandbox({
+    denoPath: TEST_DENO,
+    poolSize: 0,
+    maxConcurrency: 1,
+  });
   try {
     const order: string[] = [];
     const slow = sandbox.execute("import time\ntime.sleep(4)\n'slow'", {
@@ -202,7 +227,11 @@ Deno.test("PyodideSandbox returns a timeout for a queued call whose timeout expi
 });
 
 Deno.test("PyodideSandbox returns each of 16 concurrent calls its own output", async () => {
-  const sandbox = new PyodideSandbox({ poolSize: 2, maxConcurrency: 4 });
+  const sandbox = new PyodideSandbox({
+    denoPath: TEST_DENO,
+    poolSize: 2,
+    maxConcurrency: 4,
+  });
   try {
     const results = await Promise.all(
       Array.from({ length: 16 }, (_, i) =>
@@ -228,7 +257,10 @@ Deno.test("PyodideSandbox returns each of 16 concurrent calls its own output", a
 });
 
 Deno.test("PyodideSandbox.close() stops pooled and running children and settles the running call", async () => {
-  const sandbox = new PyodideSandbox({ poolSize: 2 });
+  const sandbox = new PyodideSandbox({
+    denoPath: TEST_DENO,
+    poolSize: 2,
+  });
   await sandbox.warmup();
   let started!: () => void;
   const running = new Promise<void>((resolve) => started = resolve);
@@ -261,7 +293,11 @@ Deno.test("PyodideSandbox.close() stops pooled and running children and settles 
 });
 
 Deno.test("PyodideSandbox.close() rejects calls still queued and starts no child after it", async () => {
-  const sandbox = new PyodideSandbox({ poolSize: 0, maxConcurrency: 1 });
+  const sandbox = new PyodideSandbox({
+    denoPath: TEST_DENO,
+    poolSize: 0,
+    maxConcurrency: 1,
+  });
   let started!: () => void;
   const running = new Promise<void>((resolve) => started = resolve);
   const first = sandbox.execute(
@@ -287,7 +323,11 @@ Deno.test("PyodideSandbox.close() rejects calls still queued and starts no child
 });
 
 Deno.test("PyodideSandbox rejects a queued call aborted while it waits, and the queue goes on", async () => {
-  const sandbox = new PyodideSandbox({ poolSize: 0, maxConcurrency: 1 });
+  const sandbox = new PyodideSandbox({
+    denoPath: TEST_DENO,
+    poolSize: 0,
+    maxConcurrency: 1,
+  });
   try {
     const slow = sandbox.execute("import time\ntime.sleep(2)\n'slow'");
     const controller = new AbortController();
@@ -311,7 +351,10 @@ Deno.test("PyodideSandbox rejects a queued call aborted while it waits, and the 
 });
 
 Deno.test("PyodideSandbox closes children started by a warmup() that close() interrupts", async () => {
-  const sandbox = new PyodideSandbox({ poolSize: 2 });
+  const sandbox = new PyodideSandbox({
+    denoPath: TEST_DENO,
+    poolSize: 2,
+  });
   const warming = sandbox.warmup().then(() => "ready", (e) => e);
   await sandbox.close();
   await warming;
@@ -324,7 +367,10 @@ Deno.test("PyodideSandbox closes children started by a warmup() that close() int
 Deno.test("PyodideSandbox is closed by await using at the end of the block", async () => {
   let pooled: number[];
   {
-    await using sandbox = new PyodideSandbox({ poolSize: 1 });
+    await using sandbox = new PyodideSandbox({
+      denoPath: TEST_DENO,
+      poolSize: 1,
+    });
     await sandbox.warmup();
     pooled = sandboxChildren();
     assert.equal(pooled.length, 1);
@@ -383,7 +429,11 @@ Deno.test("a script that uses a pooled sandbox and never closes it exits promptl
 });
 
 Deno.test("PyodideSandbox stateful execute with sessionBytes still works with the pool on", async () => {
-  const sandbox = new PyodideSandbox({ poolSize: 1, stateful: true });
+  const sandbox = new PyodideSandbox({
+    denoPath: TEST_DENO,
+    poolSize: 1,
+    stateful: true,
+  });
   try {
     await sandbox.warmup();
     const pooled = sandboxChildren();

@@ -29,6 +29,7 @@ import {
   assertRefused,
   assertStillWorks,
   assertWitnessAlive,
+  ATTACK_DENO,
   createHostFixture,
   folderBytes,
   forgeSession,
@@ -62,6 +63,7 @@ function options(extra: SandboxOptions = {}): SandboxOptions {
     poolSize: 0,
     timeoutSeconds: 30,
     cacheDir: CACHE_DIR,
+    denoPath: ATTACK_DENO,
     ...extra,
   };
 }

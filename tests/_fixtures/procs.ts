@@ -76,9 +76,32 @@ export function childrenOf(pid: number): number[] {
  */
 export function sandboxChildren(): number[] {
   return childrenOf(Deno.pid)
-    .filter((pid) => isRunning(pid) && /runner\.ts/.test(commandLine(pid)))
+    .filter((pid) =>
+      isRunning(pid) && /runner\.ts/.test(commandLine(pid)) &&
+      commandLine(pid).startsWith(`${TEST_DENO} `)
+    )
     .sort((a, b) => a - b);
 }
+
+/**
+ * A `deno` of this test module's own (a symlink): sandboxes built with it as
+ * `denoPath` have children that {@linkcode sandboxChildren} can tell apart
+ * from other test modules' when `deno test --parallel` runs them in one
+ * process.
+ */
+export const TEST_DENO: string = (() => {
+  const dir = Deno.makeTempDirSync({ prefix: "sandbox-procs-deno-" });
+  const path = `${dir}/deno`;
+  Deno.symlinkSync(Deno.execPath(), path);
+  globalThis.addEventListener("unload", () => {
+    try {
+      Deno.removeSync(dir, { recursive: true });
+    } catch {
+      // Already gone.
+    }
+  });
+  return path;
+})();
 
 /**
  * Running processes of a session (`setsid`), e.g. everything a fixture
