@@ -64,7 +64,7 @@ interface SessionFile {
  * @param result The result.
  * @returns A JSON-safe object.
  */
-export function resultToJson(
+function resultToJson(
   result: CodeExecutionResult,
 ): Record<string, unknown> {
   const out: Record<string, unknown> = { ...result };
