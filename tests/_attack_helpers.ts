@@ -8,6 +8,7 @@
  * @module
  */
 
+import { TEST_DENO_PATH } from "./_helpers.ts";
 import assert from "node:assert/strict";
 import type {
   CodeExecutionResult,
@@ -437,19 +438,7 @@ export function childPids(): number[] {
  * `denoPath`: under `deno test --parallel` all test modules share one
  * process, and only children started through it are this module's.
  */
-export const ATTACK_DENO: string = (() => {
-  const dir = Deno.makeTempDirSync({ prefix: "sandbox-attack-deno-" });
-  const path = `${dir}/deno`;
-  Deno.symlinkSync(Deno.execPath(), path);
-  globalThis.addEventListener("unload", () => {
-    try {
-      Deno.removeSync(dir, { recursive: true });
-    } catch {
-      // Already gone.
-    }
-  });
-  return path;
-})();
+export const ATTACK_DENO: string = TEST_DENO_PATH;
 
 /**
  * Waits until no child processes are left, and fails if some remain.

@@ -4,6 +4,8 @@
  * @module
  */
 
+import { TEST_DENO_PATH } from "../_helpers.ts";
+
 /**
  * Reads the fields of `/proc/<pid>/stat` after the command name.
  *
@@ -89,19 +91,7 @@ export function sandboxChildren(): number[] {
  * from other test modules' when `deno test --parallel` runs them in one
  * process.
  */
-export const TEST_DENO: string = (() => {
-  const dir = Deno.makeTempDirSync({ prefix: "sandbox-procs-deno-" });
-  const path = `${dir}/deno`;
-  Deno.symlinkSync(Deno.execPath(), path);
-  globalThis.addEventListener("unload", () => {
-    try {
-      Deno.removeSync(dir, { recursive: true });
-    } catch {
-      // Already gone.
-    }
-  });
-  return path;
-})();
+export const TEST_DENO: string = TEST_DENO_PATH;
 
 /**
  * Running processes of a session (`setsid`), e.g. everything a fixture
