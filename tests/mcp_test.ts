@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { childrenOf, isRunning } from "./_fixtures/procs.ts";
+import { eventually } from "./_helpers.ts";
 import { fileURLToPath } from "node:url";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
@@ -25,43 +27,6 @@ async function tool(
 
 function texts(result: ToolResult): string[] {
   return result.content.map((c) => c.text ?? `<${c.type}>`);
-}
-
-/** Pids whose parent is `pid` (Linux /proc). */
-function childPids(pid: number): number[] {
-  const out: number[] = [];
-  for (const entry of Deno.readDirSync("/proc")) {
-    if (!/^\d+$/.test(entry.name)) continue;
-    try {
-      const stat = Deno.readTextFileSync(`/proc/${entry.name}/stat`);
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      if (Number(fields[1]) === pid) out.push(Number(entry.name));
-    } catch {
-      // The process ended while we looked.
-    }
-  }
-  return out;
-}
-
-function gone(pid: number): boolean {
-  try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    return stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
-  } catch {
-    return true;
-  }
-}
-
-async function eventually(
-  what: string,
-  check: () => boolean,
-  seconds = 20,
-): Promise<void> {
-  const end = Date.now() + seconds * 1000;
-  while (!check()) {
-    if (Date.now() > end) assert.fail(`Timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 /** The same checks over any transport. */
@@ -229,11 +194,15 @@ Deno.test({
       async () => {
         // An open session keeps a child alive until the server stops.
         await tool(client, "create_session");
-        const children = childPids(pid);
+        const children = childrenOf(pid);
         assert.ok(children.length >= 1);
         await client.close();
-        await eventually("the server to exit", () => gone(pid));
-        await eventually("its children to end", () => children.every(gone));
+        await eventually("the server to exit", () => !isRunning(pid), 20);
+        await eventually(
+          "its children to end",
+          () => children.every((pid) => !isRunning(pid)),
+          20,
+        );
       },
     );
   } finally {
@@ -303,11 +272,15 @@ Deno.test({
       // An open session keeps a child alive until the server stops.
       await tool(client, "create_session");
       await client.close();
-      const children = childPids(server.pid);
+      const children = childrenOf(server.pid);
       assert.ok(children.length >= 1);
       server.kill("SIGTERM");
       assert.equal((await server.status).code, 0, await stderr);
-      await eventually("its children to end", () => children.every(gone));
+      await eventually(
+        "its children to end",
+        () => children.every((pid) => !isRunning(pid)),
+        20,
+      );
     });
   } finally {
     try {

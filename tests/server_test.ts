@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { childrenOf, isRunning } from "./_fixtures/procs.ts";
+import { eventually } from "./_helpers.ts";
 import { fileURLToPath } from "node:url";
 import { createHandler, type SandboxHandler } from "../handler.ts";
 
@@ -45,44 +47,6 @@ async function jsonOf(
   const text = await response.text();
   assert.equal(response.status, status, text);
   return text ? JSON.parse(text) : {};
-}
-
-/** Pids whose parent is `pid` (Linux /proc). */
-function childPids(pid: number): number[] {
-  const out: number[] = [];
-  for (const entry of Deno.readDirSync("/proc")) {
-    if (!/^\d+$/.test(entry.name)) continue;
-    try {
-      const stat = Deno.readTextFileSync(`/proc/${entry.name}/stat`);
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      if (Number(fields[1]) === pid) out.push(Number(entry.name));
-    } catch {
-      // The process ended while we looked.
-    }
-  }
-  return out;
-}
-
-/** Whether a pid is gone (or a zombie). */
-function gone(pid: number): boolean {
-  try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    return stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
-  } catch {
-    return true;
-  }
-}
-
-async function eventually(
-  what: string,
-  check: () => boolean | Promise<boolean>,
-  seconds = 20,
-): Promise<void> {
-  const end = Date.now() + seconds * 1000;
-  while (!(await check())) {
-    if (Date.now() > end) assert.fail(`Timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 /** Reads stdout lines of a process until one matches. */
@@ -275,7 +239,7 @@ Deno.test({
         await eventually("3 admitted calls", async () => {
           const h = await jsonOf(await fetch(`${base}/healthz`), 200);
           return (h.running as number) + (h.queued as number) === 3;
-        });
+        }, 20);
         const refused = await call(base, "POST", "/v1/execute", {
           code: "print('never')",
         });
@@ -586,6 +550,7 @@ Deno.test({
       await eventually(
         "the idle session to expire",
         async () => (await list()).length === 0,
+        20,
       );
       await jsonOf(
         await fetch(`${tight.url}/sandbox/v1/sessions/${id}/execute`, {
@@ -662,19 +627,24 @@ Deno.test("server.ts exits 0 on SIGTERM after finishing the running call, and ki
     await eventually("the call to run", async () => {
       const h = await jsonOf(await fetch(`${base}/healthz`), 200);
       return h.running === 1;
-    });
+    }, 20);
     await eventually(
       "the pool to refill",
-      () => childPids(child.pid).length >= 2,
+      () => childrenOf(child.pid).length >= 2,
+      20,
     );
-    const children = childPids(child.pid);
+    const children = childrenOf(child.pid);
     child.kill("SIGTERM");
     const result = await jsonOf(await running, 200);
     assert.equal(result.stdout, "finished\n");
     const status = await child.status;
     assert.equal(status.code, 0, await stderr);
     assert.match(await stderr, /SIGTERM: shutting down/);
-    await eventually("every child to end", () => children.every(gone), 10);
+    await eventually(
+      "every child to end",
+      () => children.every((pid) => !isRunning(pid)),
+      10,
+    );
   } finally {
     try {
       child.kill("SIGKILL");
