@@ -7,6 +7,11 @@
  */
 
 import assert from "node:assert/strict";
+import {
+  type CodeExecutionResult,
+  PyodideSandbox,
+  type SandboxOptions,
+} from "../mod.ts";
 
 /**
  * A `deno` binary path unique to this test module: a symlink to the running
@@ -310,4 +315,41 @@ export function assertAllowed(report: unknown, what: string): string {
     `${what} should be allowed, got: ${report}`,
   );
   return (report as string).slice(4);
+}
+
+/**
+ * Runs a test body with a fresh sandbox (no pool, this module's `deno`),
+ * always closed afterwards.
+ *
+ * @param options Sandbox options (override the defaults).
+ * @param fn The body.
+ */
+export async function withSandbox(
+  options: SandboxOptions,
+  fn: (sandbox: PyodideSandbox) => Promise<void>,
+): Promise<void> {
+  const sandbox = new PyodideSandbox({
+    poolSize: 0,
+    denoPath: TEST_DENO_PATH,
+    ...options,
+  });
+  try {
+    await fn(sandbox);
+  } finally {
+    await sandbox.close();
+  }
+}
+
+/**
+ * Asserts a successful result, showing the error and stderr otherwise.
+ *
+ * @param result The result.
+ */
+export function assertSuccess(result: CodeExecutionResult): void {
+  assert.equal(
+    result.status,
+    "success",
+    `expected success, got ${JSON.stringify(result.error)}\n${result.stderr}`,
+  );
+  assert.equal(result.error, undefined);
 }

@@ -8,38 +8,13 @@ import {
 import {
   assertNoDenoChildren,
   assertNoDenoChildrenNow,
+  assertSuccess,
   eventually,
   liveDenoChildren,
   processesStartedAs,
-  TEST_DENO_PATH,
+  withSandbox,
   withTempDir,
 } from "./_helpers.ts";
-
-/** Runs a test body with a fresh sandbox (no pool), always closed. */
-async function withSandbox(
-  fn: (sandbox: PyodideSandbox) => Promise<void>,
-  options: ConstructorParameters<typeof PyodideSandbox>[0] = {},
-): Promise<void> {
-  const sandbox = new PyodideSandbox({
-    poolSize: 0,
-    denoPath: TEST_DENO_PATH,
-    ...options,
-  });
-  try {
-    await fn(sandbox);
-  } finally {
-    await sandbox.close();
-  }
-}
-
-function assertSuccess(result: CodeExecutionResult): void {
-  assert.equal(
-    result.status,
-    "success",
-    `expected success, got ${JSON.stringify(result.error)}\n${result.stderr}`,
-  );
-  assert.equal(result.error, undefined);
-}
 
 function assertError(
   result: CodeExecutionResult,
@@ -74,7 +49,7 @@ function assertUserTraceback(traceback: string | undefined): void {
 }
 
 Deno.test("PyodideSandbox.execute() keeps stdout and stderr separate and byte-exact", async () => {
-  await withSandbox(async (sandbox) => {
+  await withSandbox({}, async (sandbox) => {
     const started = performance.now();
     const result = await sandbox.execute(String.raw`import sys
 print("out line")
@@ -103,7 +78,7 @@ sys.stderr.write("err tail")`);
 });
 
 Deno.test("PyodideSandbox.execute() returns the last expression as JSON-safe data", async () => {
-  await withSandbox(async (sandbox) => {
+  await withSandbox({}, async (sandbox) => {
     const int = await sandbox.execute("x = 40\nx + 2");
     assertSuccess(int);
     assert.equal(int.result, 42);
@@ -147,7 +122,7 @@ Deno.test("PyodideSandbox.execute() returns the last expression as JSON-safe dat
 });
 
 Deno.test("PyodideSandbox.execute() returns a Python exception with a traceback of the user's own lines", async () => {
-  await withSandbox(async (sandbox) => {
+  await withSandbox({}, async (sandbox) => {
     const result = await sandbox.execute(`print("before")
 def inner():
     raise ValueError("boom")
@@ -168,7 +143,7 @@ outer()`);
 });
 
 Deno.test("PyodideSandbox.execute() reports SyntaxError and NameError as exceptions", async () => {
-  await withSandbox(async (sandbox) => {
+  await withSandbox({}, async (sandbox) => {
     const syntax = await sandbox.execute("print('never')\ndef f(:\n    pass");
     assertError(syntax, "exception", "SyntaxError");
     assert.equal(syntax.stdout, "", "nothing runs when the code cannot parse");
@@ -191,7 +166,7 @@ Deno.test("PyodideSandbox.execute() reports SyntaxError and NameError as excepti
 });
 
 Deno.test("PyodideSandbox.execute() feeds stdin to input() and sys.stdin, and input() raises EOFError without it", async () => {
-  await withSandbox(async (sandbox) => {
+  await withSandbox({}, async (sandbox) => {
     const code = `import sys
 name = input()
 n = int(input())
@@ -209,7 +184,7 @@ rest = sys.stdin.read()
 });
 
 Deno.test("PyodideSandbox.execute() returns a timeout error for an endless loop and for time.sleep, keeping earlier output", async () => {
-  await withSandbox(async (sandbox) => {
+  await withSandbox({}, async (sandbox) => {
     for (
       const code of [
         "print('before the loop')\nwhile True:\n    pass",
@@ -237,18 +212,18 @@ Deno.test("PyodideSandbox.execute() returns a timeout error for an endless loop 
 });
 
 Deno.test("PyodideSandbox.execute() uses the sandbox's timeoutSeconds by default", async () => {
-  await withSandbox(async (sandbox) => {
+  await withSandbox({ timeoutSeconds: 2 }, async (sandbox) => {
     const started = performance.now();
     const result = await sandbox.execute("while True:\n    pass");
     const elapsed = (performance.now() - started) / 1000;
     assertError(result, "timeout");
     assert.ok(elapsed < 2 + 5, `${elapsed}`);
     assert.ok(result.stderr.includes("after 2 seconds"), result.stderr);
-  }, { timeoutSeconds: 2 });
+  });
 });
 
 Deno.test("PyodideSandbox.execute() ends a child that ignores SIGTERM and leaks no process after timeouts", async () => {
-  await withSandbox(async (sandbox) => {
+  await withSandbox({}, async (sandbox) => {
     const result = await sandbox.execute(
       `import js
 from pyodide.ffi import create_proxy
@@ -267,7 +242,7 @@ while True:
 });
 
 Deno.test("PyodideSandbox.execute() rejects with the caller's abort reason and leaks no process", async () => {
-  await withSandbox(async (sandbox) => {
+  await withSandbox({}, async (sandbox) => {
     // Aborted while Python runs.
     for (
       const code of [
@@ -378,7 +353,7 @@ Deno.test("a sandbox child whose parent process dies exits by itself", async () 
 });
 
 Deno.test("PyodideSandbox.execute() returns a memory error when Python exceeds memoryLimitMb, and the host is fine", async () => {
-  await withSandbox(async (sandbox) => {
+  await withSandbox({}, async (sandbox) => {
     const before = Deno.memoryUsage().rss;
     const result = await sandbox.execute(
       "print('allocating', flush=True)\ndata = bytearray(2 * 128 * 2**20)\nlen(data)",
@@ -402,7 +377,7 @@ Deno.test("PyodideSandbox.execute() returns a memory error when Python exceeds m
 });
 
 Deno.test("PyodideSandbox.execute() kills a child whose JavaScript-side memory exceeds the limit", async () => {
-  await withSandbox(async (sandbox) => {
+  await withSandbox({ memoryLimitMb: 128 }, async (sandbox) => {
     const result = await sandbox.execute(
       `import js
 print('filling', flush=True)
@@ -420,11 +395,11 @@ for _ in range(8):
     assertNoDenoChildrenNow("after the call");
     const after = await sandbox.execute("'fine'");
     assertSuccess(after);
-  }, { memoryLimitMb: 128 });
+  });
 });
 
 Deno.test("PyodideSandbox.execute() handles unicode in code, output, stdin and results", async () => {
-  await withSandbox(async (sandbox) => {
+  await withSandbox({}, async (sandbox) => {
     const text = "héllo wörld 🐍 中文";
     const long = "é🐍".repeat(50_000);
     const result = await sandbox.execute(
@@ -452,7 +427,7 @@ sys.stdout.write("é🐍" * 50_000)
 });
 
 Deno.test("PyodideSandbox.execute() runs 1 MB of code", async () => {
-  await withSandbox(async (sandbox) => {
+  await withSandbox({}, async (sandbox) => {
     const lines: string[] = [];
     let size = 0;
     for (let i = 0; size < 512 * 1024; i++) {
@@ -491,7 +466,7 @@ for frame_type in (1, 2, 4, 5):
     frame = b"PSB1" + bytes(16) + bytes([frame_type]) + struct.pack(">II", len(inner), 0) + inner + bytes(16)
     js.Deno.stdout.writeSync(to_js(frame))
 `;
-  await withSandbox(async (sandbox) => {
+  await withSandbox({}, async (sandbox) => {
     const exited = await sandbox.execute(`${forge}js.Deno.exit(0)`);
     assert.notEqual(exited.status, "success", JSON.stringify(exited));
     assert.notEqual(exited.result, "forged");
@@ -507,7 +482,7 @@ for frame_type in (1, 2, 4, 5):
 });
 
 Deno.test("PyodideSandbox.execute() returns a crash error when the child exits", async () => {
-  await withSandbox(async (sandbox) => {
+  await withSandbox({}, async (sandbox) => {
     const result = await sandbox.execute(
       "print('bye', flush=True)\nimport js\njs.Deno.exit(3)",
     );
@@ -600,7 +575,7 @@ Deno.test("PyodideSandbox validates options and calls with TypeError and RangeEr
       new PyodideSandbox({ allowNet: "example.com" as unknown as string[] }),
     TypeError,
   );
-  await withSandbox(async (sandbox) => {
+  await withSandbox({}, async (sandbox) => {
     await assert.rejects(
       sandbox.execute(42 as unknown as string),
       TypeError,

@@ -3,42 +3,19 @@ import {
   type CodeExecutionResult,
   PYODIDE_VERSION,
   PyodideSandbox,
-  type SandboxOptions,
   SessionError,
   type SessionMetadata,
 } from "../mod.ts";
 import {
   assertNoDenoChildren,
   assertNoDenoChildrenNow,
+  assertSuccess,
   TEST_DENO_PATH,
+  withSandbox,
 } from "./_helpers.ts";
 
 const SECRET_A = "secret-A-0123456789abcdef";
 const SECRET_B = "secret-B-0123456789abcdef";
-
-async function withSandbox(
-  options: SandboxOptions,
-  fn: (sandbox: PyodideSandbox) => Promise<void>,
-): Promise<void> {
-  const sandbox = new PyodideSandbox({
-    poolSize: 0,
-    denoPath: TEST_DENO_PATH,
-    ...options,
-  });
-  try {
-    await fn(sandbox);
-  } finally {
-    await sandbox.close();
-  }
-}
-
-function assertSuccess(result: CodeExecutionResult): void {
-  assert.equal(
-    result.status,
-    "success",
-    `expected success, got ${JSON.stringify(result.error)}\n${result.stderr}`,
-  );
-}
 
 function assertSessionError(result: CodeExecutionResult, what: string): void {
   assert.equal(result.status, "error", `${what}: ${JSON.stringify(result)}`);
