@@ -465,11 +465,7 @@ export class SandboxChild {
       }, KILL_GRACE_MS);
       this.#exited.finally(() => clearTimeout(timer));
     }
-    // The process is unref'd: keep the event loop alive until it is gone,
-    // or a caller awaiting this kill (after SIGKILL) may never resume.
-    const hold = setInterval(() => {}, 1000);
-    this.#exited.finally(() => clearInterval(hold));
-    return this.#exited;
+    return holdingLoop(this.#exited);
   }
 
   /**
@@ -612,5 +608,23 @@ export class SandboxChild {
       if (this.exited) return;
       this.send(type, json, bin);
     });
+  }
+}
+
+/**
+ * Awaits a promise while keeping the event loop alive. Children are unref'd
+ * (so idle ones never keep the host running); without this, a program or
+ * test whose only pending work is a child's start or exit would end (or
+ * report an unresolved promise) before it settles.
+ *
+ * @param promise What to wait for.
+ * @returns Its value.
+ */
+export async function holdingLoop<T>(promise: Promise<T>): Promise<T> {
+  const timer = setInterval(() => {}, 60_000);
+  try {
+    return await promise;
+  } finally {
+    clearInterval(timer);
   }
 }

@@ -19,7 +19,12 @@ import type {
   ResultFile,
   SessionMetadata,
 } from "./result.ts";
-import { type CallOutcome, type ChildSpec, SandboxChild } from "./_child.ts";
+import {
+  type CallOutcome,
+  type ChildSpec,
+  holdingLoop,
+  SandboxChild,
+} from "./_child.ts";
 import {
   checkDeno,
   childArgs,
@@ -1567,20 +1572,14 @@ export class PyodideSandbox extends BasePyodideSandbox {
       },
     );
     this.#sessions.add(session);
-    // The child process is unref'd: without a ref'd timer, a program whose
-    // only pending work is this start would end (or `deno test` would
-    // report an unresolved promise) before the session is ready.
-    const keepAlive = setInterval(() => {}, 1000);
     try {
-      await child.ready;
+      await holdingLoop(child.ready);
     } catch (error) {
       await session.close();
       throw new SessionError(
         `The session could not be started: ${child.describeExit()}`,
         { cause: error },
       );
-    } finally {
-      clearInterval(keepAlive);
     }
     return session;
   }
@@ -1618,20 +1617,6 @@ export class PyodideSandbox extends BasePyodideSandbox {
   /** Same as {@linkcode close}. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
-  }
-}
-
-/**
- * Awaits a promise while keeping the event loop alive: children are unref'd
- * (so idle ones never keep the host running), and without this a script or
- * test that only awaits a child's start would end before it is ready.
- */
-async function holdingLoop<T>(promise: Promise<T>): Promise<T> {
-  const timer = setInterval(() => {}, 60_000);
-  try {
-    return await promise;
-  } finally {
-    clearInterval(timer);
   }
 }
 
