@@ -145,10 +145,6 @@ function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
   return diff === 0;
 }
 
-function hex(bytes: Uint8Array): string {
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
 /** How the child is started. */
 export interface ChildSpec {
   denoPath: string;
@@ -297,16 +293,22 @@ export class SandboxChild {
     this.#process.unref();
     this.pid = this.#process.pid;
     this.#stdin = this.#process.stdin.getWriter();
+    // The nonce travels as the first bytes of the init frame's attachment,
+    // never as text: a JS string would sit in the child's heap, where a heap
+    // snapshot taken by user code could find it.
+    const initBin = new Uint8Array(NONCE_BYTES + (init.state?.length ?? 0));
+    initBin.set(nonce, 0);
+    if (init.state) initBin.set(init.state, NONCE_BYTES);
     this.#stdin.write(
       encodeToChild(ToChild.init, {
-        nonce: hex(nonce),
         mode: init.mode,
         snapshotPath: init.snapshotPath,
         oneShot: init.oneShot,
         revokeRead: init.revokeRead,
         warm: init.warm,
-      }, init.state),
+      }, initBin),
     ).catch(() => {});
+    initBin.fill(0);
     this.#readStdout();
     this.#readStderr();
     this.#exited = this.#process.status.then((status) => {

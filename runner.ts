@@ -485,7 +485,6 @@ interface InMessage {
 }
 
 interface InitRequest {
-  nonce: string;
   mode: "serve" | "snapshot";
   snapshotPath?: string;
   oneShot: boolean;
@@ -581,14 +580,6 @@ function sendStream(type: number, buf: Uint8Array): void {
   }
 }
 
-function hexToBytes(hex: string): Uint8Array {
-  const out = new U8(hex.length / 2);
-  for (let i = 0; i < out.length; i++) {
-    out[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
-  }
-  return out;
-}
-
 // deno-lint-ignore no-explicit-any
 type Pyodide = any;
 
@@ -624,7 +615,10 @@ async function main(): Promise<void> {
   const first = await next();
   if (first.type !== ToChild.init) throw new Error("Expected an init frame");
   const init = JSON.parse(first.json) as InitRequest;
-  nonce = hexToBytes(init.nonce);
+  // The nonce is the first bytes of the attachment (never a string); the
+  // packed session state, if any, follows.
+  nonce = first.bin.slice(0, NONCE_BYTES);
+  const initState = first.bin.subarray(NONCE_BYTES);
 
   // The child runs with --no-config, so no import map: the exact specifier.
   // deno-lint-ignore no-import-prefix
@@ -640,8 +634,8 @@ async function main(): Promise<void> {
     return;
   }
   let restoredFiles: Uint8Array | undefined;
-  if (first.bin.length > 0) {
-    const state = unpackState(new U8(zlib.inflateRawSync(first.bin)));
+  if (initState.length > 0) {
+    const state = unpackState(new U8(zlib.inflateRawSync(initState)));
     // Pyodide 314.0.7 restores a snapshot into the wasm heap without growing
     // it (its INITIAL_MEMORY hint is ignored: the heap starts at 36 MiB), so
     // a session that grew past that fails with "offset is out of bounds".
