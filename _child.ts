@@ -6,13 +6,26 @@
  */
 
 import { concatBytes } from "./_bytes.ts";
+import type { MimeBundle } from "./result.ts";
 import {
   encodeToChild,
   FRAME_MAGIC,
+  INSTALL_CALL,
   NONCE_BYTES,
   ToChild,
   ToParent,
 } from "./runner.ts";
+import {
+  checkDisplay,
+  checkHostCall,
+  checkResultHeader,
+  checkSavedHeader,
+  fatalMessage,
+  frameCaps,
+  type FrameLimits,
+  type HostCallRequest,
+  MAX_PENDING_CALLS,
+} from "./_protocol.ts";
 
 /** Grace between SIGTERM and SIGKILL. */
 const KILL_GRACE_MS = 250;
@@ -28,32 +41,49 @@ export interface Frame {
   type: number;
   json: unknown;
   bin: Uint8Array;
+  /** Length of the JSON header in bytes. */
+  jsonBytes: number;
 }
+
+/** Caps a child's frames are held to when no sandbox settings apply. */
+const DEFAULT_LIMITS: FrameLimits = {
+  stateBytes: 8 * 1024 ** 3,
+  maxDisplayBytes: 16 * 1024 * 1024,
+  maxTotalFileBytes: 256 * 1024 * 1024,
+};
 
 /**
  * Splits the child's stdout into frames. Bytes that are not a frame carrying
  * this child's nonce (anything untrusted code wrote to the real stdout) are
- * dropped; a frame whose trailer does not match is treated as corrupt.
+ * dropped. A frame carrying the nonce that breaks the protocol (an unknown
+ * type, lengths over the caps of its type, a wrong trailer, bad JSON) is a
+ * violation: parsing stops for good and {@linkcode violation} says why. The
+ * caps are checked on the 9-byte header, so an oversized frame is refused
+ * before its body is buffered.
  */
-class FrameParser {
+export class FrameParser {
   #marker: Uint8Array;
   #nonce: Uint8Array;
+  #limits: FrameLimits;
   /** Bytes received and not yet parsed, and their total length. */
   #chunks: Uint8Array[] = [];
   #size = 0;
   /** Bytes needed (from the first kept byte) before parsing again. */
   #need = 0;
   strayBytes = 0;
-  corrupt = false;
+  /** Why the child broke the protocol, once it did. */
+  violation?: string;
 
-  constructor(nonce: Uint8Array) {
+  constructor(nonce: Uint8Array, limits: FrameLimits = DEFAULT_LIMITS) {
     this.#nonce = nonce;
+    this.#limits = limits;
     this.#marker = new Uint8Array(FRAME_MAGIC.length + NONCE_BYTES);
     this.#marker.set(FRAME_MAGIC, 0);
     this.#marker.set(nonce, FRAME_MAGIC.length);
   }
 
   push(chunk: Uint8Array): Frame[] {
+    if (this.violation !== undefined) return [];
     // Chunks are only joined once enough bytes for the pending frame have
     // arrived, and frames are cut by offset: a big frame arriving in many
     // chunks costs linear, not quadratic, time and memory.
@@ -87,6 +117,8 @@ class FrameParser {
       const type = view.getUint8(0);
       const jsonLength = view.getUint32(1);
       const binLength = view.getUint32(5);
+      const wrong = this.#checkHeader(type, jsonLength, binLength);
+      if (wrong) return this.#stop(wrong, frames);
       const end = start + 9 + jsonLength + binLength + NONCE_BYTES;
       if (buf.length < end) {
         need = end - at;
@@ -94,30 +126,49 @@ class FrameParser {
       }
       const trailer = buf.subarray(end - NONCE_BYTES, end);
       if (!equalBytes(trailer, this.#nonce)) {
-        this.corrupt = true;
-        pos = start;
-        continue;
+        return this.#stop(
+          `a frame of type ${type} has a wrong trailer`,
+          frames,
+        );
       }
       let json: unknown;
       try {
         json = JSON.parse(
-          new TextDecoder().decode(
+          new TextDecoder("utf-8", { fatal: true }).decode(
             buf.subarray(start + 9, start + 9 + jsonLength),
           ),
         );
       } catch {
-        this.corrupt = true;
-        pos = end;
-        continue;
+        return this.#stop(`a frame of type ${type} has no valid JSON`, frames);
       }
       const bin = buf.slice(start + 9 + jsonLength, end - NONCE_BYTES);
-      frames.push({ type, json, bin });
+      frames.push({ type, json, bin, jsonBytes: jsonLength });
       pos = end;
     }
     const rest = buf.slice(pos);
     this.#chunks = rest.length > 0 ? [rest] : [];
     this.#size = rest.length;
     this.#need = need;
+    return frames;
+  }
+
+  #checkHeader(type: number, json: number, bin: number): string | undefined {
+    const caps = frameCaps(type, this.#limits);
+    if (!caps) return `unknown frame type ${type}`;
+    if (json > caps.json) {
+      return `a frame of type ${type} declares ${json} header bytes (at most ${caps.json})`;
+    }
+    if (bin > caps.bin) {
+      return `a frame of type ${type} declares ${bin} attached bytes (at most ${caps.bin})`;
+    }
+    return undefined;
+  }
+
+  /** Records a violation; frames before it still count. */
+  #stop(reason: string, frames: Frame[]): Frame[] {
+    this.violation = reason;
+    this.#chunks = [];
+    this.#size = 0;
     return frames;
   }
 }
@@ -152,6 +203,15 @@ export interface ChildSpec {
   env: Record<string, string>;
   /** Kill the child when its RSS exceeds this many bytes (0: no watchdog). */
   rssLimitBytes: number;
+  /** Caps of the child's frames (defaults: generous fixed caps). */
+  limits?: FrameLimits;
+  /**
+   * Output bytes per stream kept while no call runs (a live session's
+   * background task); the rest is dropped and the next call reports it as
+   * truncated.
+   * @default {1048576}
+   */
+  idleOutputBytes?: number;
 }
 
 /** What the runner is told before it loads Pyodide. */
@@ -167,7 +227,7 @@ export interface ChildInit {
 }
 
 /** Why a call ended without a result frame. */
-export type EndReason = "timeout" | "memory" | "exit" | "abort" | "corrupt";
+export type EndReason = "timeout" | "memory" | "exit" | "abort" | "protocol";
 
 /** What a call to the child produced. */
 export interface CallOutcome {
@@ -185,8 +245,8 @@ export interface CallOutcome {
   exitCode?: number;
   /** A soft interrupt was sent because the deadline passed. */
   interrupted: boolean;
-  /** MIME bundles the code displayed, in order. */
-  displays: Record<string, unknown>[];
+  /** MIME bundles the code displayed, in order (checked, within caps). */
+  displays: MimeBundle[];
   /** The files frame (index in `json`, contents in `bin`), if any. */
   files?: Frame;
 }
@@ -201,10 +261,37 @@ export interface CallOptions {
   maxOutputBytes: number;
   onStdout?: (text: string) => void;
   onStderr?: (text: string) => void;
+  /** Total bytes of displays kept; the rest is dropped with a note. */
+  maxDisplayBytes: number;
   /** Receives each display as it arrives. */
-  onDisplay?: (bundle: Record<string, unknown>) => void;
-  /** Answers a host-function call; resolves to the reply JSON text. */
-  onCall?: (request: { name: string; args: unknown[] }) => Promise<string>;
+  onDisplay?: (bundle: MimeBundle) => void;
+  /**
+   * Answers a checked host-function call; resolves to the reply JSON text.
+   * It may throw or reject: the child then gets an error reply.
+   */
+  onCall?: (request: HostCallRequest) => Promise<string>;
+}
+
+/** Stream output that arrived while no call was running. */
+class IdleOutput {
+  #max: number;
+  chunks: { type: number; bin: Uint8Array }[] = [];
+  kept = [0, 0];
+  truncated = [false, false];
+
+  constructor(max: number) {
+    this.#max = max;
+  }
+
+  push(type: number, bin: Uint8Array): void {
+    const i = type === ToParent.stdout ? 0 : 1;
+    const room = this.#max - this.kept[i];
+    if (bin.length > room) this.truncated[i] = true;
+    if (room <= 0) return;
+    const part = bin.length > room ? bin.slice(0, room) : bin;
+    this.kept[i] += part.length;
+    this.chunks.push({ type, bin: part });
+  }
 }
 
 class OutputCollector {
@@ -258,7 +345,9 @@ export class SandboxChild {
   #parser: FrameParser;
   #stdin: WritableStreamDefaultWriter<Uint8Array>;
   #listener?: (frame: Frame) => void;
-  #pending: Frame[] = [];
+  #idle: IdleOutput;
+  #idleMax: number;
+  #violation?: string;
   #diag = "";
   #cwd: string;
   #watchdog?: ReturnType<typeof setInterval>;
@@ -280,7 +369,9 @@ export class SandboxChild {
   ) {
     this.#cwd = cwd;
     const nonce = crypto.getRandomValues(new Uint8Array(NONCE_BYTES));
-    this.#parser = new FrameParser(nonce);
+    this.#parser = new FrameParser(nonce, spec.limits);
+    this.#idleMax = spec.idleOutputBytes ?? 1024 * 1024;
+    this.#idle = new IdleOutput(this.#idleMax);
     this.#process = new Deno.Command(spec.denoPath, {
       args: spec.args,
       env: spec.env,
@@ -381,7 +472,9 @@ export class SandboxChild {
     let text = code === undefined
       ? "the process is still running"
       : `the process exited with code ${code}`;
-    if (this.#parser.corrupt) text += " after sending a corrupt frame";
+    if (this.violation) {
+      text += ` after a protocol violation (${this.violation})`;
+    }
     if (diag) text += `: ${diag}`;
     return text;
   }
@@ -390,6 +483,9 @@ export class SandboxChild {
     try {
       for await (const chunk of this.#process.stdout) {
         for (const frame of this.#parser.push(chunk)) this.#dispatch(frame);
+        if (this.#parser.violation !== undefined) {
+          this.violate(this.#parser.violation);
+        }
       }
     } catch {
       // The process is gone.
@@ -418,7 +514,34 @@ export class SandboxChild {
       return;
     }
     if (this.#listener) this.#listener(frame);
-    else this.#pending.push(frame);
+    else if (frame.type === ToParent.stdout || frame.type === ToParent.stderr) {
+      // A live session's background task: keep a bounded amount.
+      this.#idle.push(frame.type, frame.bin);
+    }
+    // Anything else outside a call (a late reply, a display) is dropped.
+  }
+
+  /** Why the child broke the protocol, if it did. */
+  get violation(): string | undefined {
+    return this.#violation;
+  }
+
+  /**
+   * Ends the child for breaking the protocol; a running call ends with
+   * reason `"protocol"`.
+   *
+   * @param reason What it did.
+   */
+  violate(reason: string): void {
+    this.#violation ??= reason;
+    this.kill("protocol", true);
+  }
+
+  /** Takes the output kept while no call ran. */
+  #takeIdle(): IdleOutput {
+    const idle = this.#idle;
+    this.#idle = new IdleOutput(this.#idleMax);
+    return idle;
   }
 
   #startWatchdog(limit: number): void {
@@ -505,7 +628,9 @@ export class SandboxChild {
 
   /**
    * Sends a request and collects output until the matching reply frame, the
-   * deadline, an abort, or the child's death.
+   * deadline, an abort, or the child's death. Everything the child sends is
+   * checked here: a reply header that breaks the protocol, a second files
+   * frame or a flood of host calls ends the child (reason `"protocol"`).
    *
    * @param type Request frame type.
    * @param json Request header.
@@ -521,37 +646,17 @@ export class SandboxChild {
     replyType: number,
     options: CallOptions,
   ): Promise<CallOutcome> {
-    const out = new OutputCollector(options.maxOutputBytes, options.onStdout);
-    const err = new OutputCollector(options.maxOutputBytes, options.onStderr);
-    let interrupted = false;
-    const displays: Record<string, unknown>[] = [];
-    let files: Frame | undefined;
+    const state = new RunningCall(this, options, this.#takeIdle());
     return new Promise<CallOutcome>((resolve) => {
       const timers: ReturnType<typeof setTimeout>[] = [];
-      let settled = false;
       const finish = (frame?: Frame, ended?: EndReason) => {
-        if (settled) return;
-        settled = true;
+        if (state.settled) return;
+        state.settled = true;
         for (const timer of timers) clearTimeout(timer);
         this.#exitListeners.delete(onExit);
         options.signal?.removeEventListener("abort", onAbort);
         this.#listener = undefined;
-        out.finish();
-        err.finish();
-        resolve({
-          frame,
-          ended,
-          stdout: out.text,
-          stderr: err.text,
-          stdoutTruncated: out.truncated,
-          stderrTruncated: err.truncated,
-          stdoutBytes: out.bytes,
-          stderrBytes: err.bytes,
-          exitCode: this.#exitCode,
-          interrupted,
-          displays,
-          files,
-        });
+        resolve(state.outcome(frame, ended, this.#exitCode));
       };
       const endBy = (reason: EndReason) => {
         this.kill(reason).then(() =>
@@ -563,45 +668,24 @@ export class SandboxChild {
       const onExit = () =>
         setTimeout(() => finish(undefined, this.#killedFor ?? "exit"), 0);
       this.#exitListeners.add(onExit);
-      const listener = (frame: Frame) => {
-        if (frame.type === ToParent.stdout) out.push(frame.bin);
-        else if (frame.type === ToParent.stderr) err.push(frame.bin);
-        else if (frame.type === replyType) finish(frame);
-        else if (frame.type === ToParent.display) {
-          const bundle = frame.json as Record<string, unknown>;
-          displays.push(bundle);
-          options.onDisplay?.(bundle);
-        } else if (frame.type === ToParent.files) files = frame;
-        else if (frame.type === ToParent.call) {
-          const request = frame.json as { name: string; args: unknown[] };
-          const answer = options.onCall
-            ? options.onCall(request)
-            : Promise.resolve(JSON.stringify({
-              ok: false,
-              message: `No host function named ${request.name}`,
-            }));
-          answer.then((text) => {
-            if (!settled) this.send(ToChild.callReply, JSON.parse(text));
-          });
-        } else if (frame.type === ToParent.fatal) {
-          err.push(
-            new TextEncoder().encode(
-              `Sandbox runtime error: ${
-                (frame.json as { message: string }).message
-              }\n`,
-            ),
-          );
-        }
+      this.#listener = (frame: Frame) => {
+        if (frame.type !== replyType) return state.handle(frame);
+        const checked = replyType === ToParent.result
+          ? checkResultHeader(frame.json)
+          : replyType === ToParent.saved
+          ? checkSavedHeader(frame.json)
+          : { ok: true as const, value: frame.json };
+        if (!checked.ok) return this.violate(checked.error);
+        finish({ ...frame, json: checked.value });
       };
-      this.#listener = listener;
-      for (const frame of this.#pending.splice(0)) listener(frame);
+      if (this.violation !== undefined) return endBy("protocol");
       if (options.signal?.aborted) return onAbort();
       options.signal?.addEventListener("abort", onAbort, { once: true });
 
       const wait = Math.max(0, options.deadline - performance.now());
       timers.push(setTimeout(() => {
         if (!options.soft) return endBy("timeout");
-        interrupted = true;
+        state.interrupted = true;
         this.send(ToChild.interrupt, null);
         timers.push(
           setTimeout(() => endBy("timeout"), SOFT_INTERRUPT_GRACE_MS),
@@ -610,6 +694,185 @@ export class SandboxChild {
       if (this.exited) return;
       this.send(type, json, bin);
     });
+  }
+}
+
+/**
+ * The host's side of one call: output collectors, checked displays, the
+ * files frame and the host-call queue. Frames other than the reply go
+ * through {@linkcode handle}, which never throws.
+ */
+class RunningCall {
+  #child: SandboxChild;
+  #options: CallOptions;
+  #out: OutputCollector;
+  #err: OutputCollector;
+  #displays: MimeBundle[] = [];
+  #displayBytes = 0;
+  #files?: Frame;
+  #calls: unknown[] = [];
+  #answering = false;
+  settled = false;
+  interrupted = false;
+
+  constructor(child: SandboxChild, options: CallOptions, idle: IdleOutput) {
+    this.#child = child;
+    this.#options = options;
+    this.#out = new OutputCollector(options.maxOutputBytes, options.onStdout);
+    this.#err = new OutputCollector(options.maxOutputBytes, options.onStderr);
+    for (const { type, bin } of idle.chunks) {
+      (type === ToParent.stdout ? this.#out : this.#err).push(bin);
+    }
+    if (idle.truncated[0]) this.#out.truncated = true;
+    if (idle.truncated[1]) this.#err.truncated = true;
+  }
+
+  /**
+   * Takes one frame that is not the reply.
+   *
+   * @param frame The frame (already checked against its type's caps).
+   */
+  handle(frame: Frame): void {
+    switch (frame.type) {
+      case ToParent.stdout:
+        return this.#out.push(frame.bin);
+      case ToParent.stderr:
+        return this.#err.push(frame.bin);
+      case ToParent.display:
+        return this.#display(frame);
+      case ToParent.files:
+        if (this.#files) {
+          return this.#child.violate("a second files frame in one call");
+        }
+        this.#files = frame;
+        return;
+      case ToParent.call:
+        return this.#queueCall(frame.json);
+      case ToParent.fatal:
+        return this.note(
+          `Sandbox runtime error: ${fatalMessage(frame.json)}`,
+        );
+    }
+    // ready, snapshot, a stray saved or result frame: nothing to do.
+  }
+
+  /**
+   * Adds a line of the host's own to the call's stderr.
+   *
+   * @param text The line, without its newline.
+   */
+  note(text: string): void {
+    this.#err.push(new TextEncoder().encode(`${text}\n`));
+  }
+
+  #display(frame: Frame): void {
+    const checked = checkDisplay(frame.json);
+    if (!checked.ok) return this.note(`Dropped a display: ${checked.error}`);
+    const max = this.#options.maxDisplayBytes;
+    if (this.#displayBytes + frame.jsonBytes > max) {
+      return this.note(`Dropped a display: over maxDisplayBytes (${max})`);
+    }
+    this.#displayBytes += frame.jsonBytes;
+    this.#displays.push(checked.value);
+    this.#options.onDisplay?.(checked.value);
+  }
+
+  #queueCall(json: unknown): void {
+    if (this.#calls.length + (this.#answering ? 1 : 0) >= MAX_PENDING_CALLS) {
+      return this.#child.violate(
+        `more than ${MAX_PENDING_CALLS} host calls are waiting`,
+      );
+    }
+    this.#calls.push(json);
+    this.#nextCall();
+  }
+
+  /** Answers queued host calls one at a time; never rejects. */
+  #nextCall(): void {
+    if (this.#answering || this.#calls.length === 0) return;
+    this.#answering = true;
+    const json = this.#calls.shift();
+    answerCall(json, this.#options.onCall).then((reply) => {
+      if (!this.settled) this.#child.send(ToChild.callReply, reply);
+    }).finally(() => {
+      this.#answering = false;
+      this.#nextCall();
+    });
+  }
+
+  /**
+   * What the call produced.
+   *
+   * @param frame The checked reply frame, if one arrived.
+   * @param ended Why it ended without one.
+   * @param exitCode The child's exit code, if it exited.
+   * @returns The outcome.
+   */
+  outcome(
+    frame: Frame | undefined,
+    ended: EndReason | undefined,
+    exitCode: number | undefined,
+  ): CallOutcome {
+    this.#out.finish();
+    this.#err.finish();
+    return {
+      frame,
+      ended,
+      stdout: this.#out.text,
+      stderr: this.#err.text,
+      stdoutTruncated: this.#out.truncated,
+      stderrTruncated: this.#err.truncated,
+      stdoutBytes: this.#out.bytes,
+      stderrBytes: this.#err.bytes,
+      exitCode,
+      interrupted: this.interrupted,
+      displays: this.#displays,
+      files: this.#files,
+    };
+  }
+}
+
+/**
+ * The reply to one host-call frame. A malformed request, a missing handler
+ * or a handler that throws or rejects gives an error reply: nothing the
+ * child sends can make this reject.
+ *
+ * @param json The call frame's header, unchecked.
+ * @param onCall The sandbox's dispatcher.
+ * @returns The reply header.
+ */
+async function answerCall(
+  json: unknown,
+  onCall: CallOptions["onCall"],
+): Promise<{ ok: boolean; value?: unknown; message?: string }> {
+  const checked = checkHostCall(json);
+  if (!checked.ok) {
+    const install = json !== null && typeof json === "object" &&
+      (json as { name?: unknown }).name === INSTALL_CALL;
+    return {
+      ok: false,
+      message: `Invalid ${
+        install ? "install" : "host call"
+      } request: ${checked.error}`,
+    };
+  }
+  if (!onCall) {
+    return {
+      ok: false,
+      message: `No host function named ${checked.value.name}`,
+    };
+  }
+  try {
+    const reply = JSON.parse(await onCall(checked.value));
+    if (reply !== null && typeof reply === "object") return reply;
+    return { ok: false, message: "The host call gave no reply" };
+  } catch (error) {
+    return {
+      ok: false,
+      message: `The host call failed: ${
+        error instanceof Error ? error.message : String(error)
+      }`,
+    };
   }
 }
 

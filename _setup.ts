@@ -8,6 +8,10 @@
 
 import { join } from "node:path";
 import { PYODIDE_VERSION } from "./runner.ts";
+// The runner's own bytes, through the module graph (checked by the registry's
+// integrity data when imported from one): what a materialized copy in the
+// cache folder must hold before a child runs it.
+import RUNNER_SOURCE from "./runner.ts" with { type: "text" };
 
 /** Pyodide files the child must be able to read to load. */
 export const PYODIDE_FILES = [
@@ -77,13 +81,17 @@ export function checkDeno(denoPath: string): void {
   checkedDeno.set(denoPath, true);
 }
 
+let privateCacheDir: string | undefined;
+
 /**
  * The default cache folder: `$XDG_CACHE_HOME/pyodide-sandbox`,
  * `~/.cache/pyodide-sandbox` (`~/Library/Caches/...` on macOS,
- * `%LOCALAPPDATA%\pyodide-sandbox` on Windows), or a folder in the system's
- * temporary directory when no home is known.
+ * `%LOCALAPPDATA%\pyodide-sandbox` on Windows), or, when no home is known, a
+ * private folder made for this process in the system's temporary directory
+ * (never a fixed shared path that another user could create first).
  *
  * @returns An absolute path.
+ * @throws {Error} When no home is known and no private folder can be made.
  */
 export function defaultCacheDir(): string {
   const env = (name: string): string | undefined => {
@@ -105,14 +113,19 @@ export function defaultCacheDir(): string {
       ? join(home, "Library", "Caches", "pyodide-sandbox")
       : join(home, ".cache", "pyodide-sandbox");
   }
-  const tmp = env("TMPDIR") ?? "/tmp";
-  let uid = "user";
-  try {
-    uid = String(Deno.uid() ?? "user");
-  } catch {
-    // Keep the generic name.
+  if (privateCacheDir === undefined) {
+    try {
+      privateCacheDir = Deno.makeTempDirSync({ prefix: "pyodide-sandbox-" });
+    } catch (error) {
+      throw new Error(
+        `Cannot choose a cache folder: neither XDG_CACHE_HOME nor HOME is set and no private temporary folder could be made (${
+          error instanceof Error ? error.message : String(error)
+        }); pass \`cacheDir\``,
+        { cause: error },
+      );
+    }
   }
-  return join(tmp, `pyodide-sandbox-${uid}`);
+  return privateCacheDir;
 }
 
 /** Everything a child needs from the host, resolved once. */
@@ -148,12 +161,12 @@ export function resolveEnvironment(
   denoPath: string,
   cacheDir: string,
 ): Environment {
-  const key = `${denoPath}\0${cacheDir}`;
+  const key = `${denoPath}\0${cacheDir}\0${denoCacheKey()}`;
   let env = environments.get(key);
   if (!env) {
     ensureCacheDir(cacheDir);
     const { pyodideDir, denoDir } = locatePyodide(denoPath, cacheDir);
-    const childDenoDir = linkChildDenoDir(cacheDir, denoDir);
+    const childDenoDir = linkChildDenoDir(cacheDir, denoDir, denoPath);
     env = {
       denoPath,
       cacheDir,
@@ -193,12 +206,55 @@ export function toHex(bytes: Uint8Array): string {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+/**
+ * Refuses a cache folder that another user could change: the runner, the
+ * snapshot and the Deno folder links in it decide what every child runs.
+ * Owned by the current user (or root) and not writable by group or others.
+ *
+ * @param cacheDir The folder.
+ * @param stat Its `stat`.
+ * @throws {Error} `Unsafe cache folder: ...` naming the folder.
+ */
+function checkCacheDirOwner(cacheDir: string, stat: Deno.FileInfo): void {
+  if (Deno.build.os === "windows" || stat.uid === null) return;
+  let uid: number | null = null;
+  try {
+    uid = Deno.uid();
+  } catch {
+    // Unknown: the mode check below still applies.
+  }
+  if (uid !== null && stat.uid !== uid && stat.uid !== 0) {
+    throw new Error(
+      `Unsafe cache folder: ${cacheDir} is owned by another user (uid ${stat.uid}, this process runs as uid ${uid}); pass a \`cacheDir\` of your own`,
+    );
+  }
+  if (stat.mode !== null && (stat.mode & 0o022) !== 0) {
+    throw new Error(
+      `Unsafe cache folder: ${cacheDir} is writable by other users (mode ${
+        (stat.mode & 0o777).toString(8)
+      }); run \`chmod go-w ${cacheDir}\` or pass another \`cacheDir\``,
+    );
+  }
+}
+
 function ensureCacheDir(cacheDir: string): void {
+  let stat: Deno.FileInfo;
   try {
     Deno.mkdirSync(cacheDir, { recursive: true, mode: 0o700 });
-    if (!Deno.statSync(cacheDir).isDirectory) {
+    stat = Deno.statSync(cacheDir);
+    if (!stat.isDirectory) {
       throw new Error("not a directory");
     }
+  } catch (error) {
+    throw new Error(
+      `Cannot use the cache folder: ${cacheDir} is not a writable directory (${
+        error instanceof Error ? error.message : String(error)
+      }); pass another \`cacheDir\``,
+      { cause: error },
+    );
+  }
+  checkCacheDirOwner(cacheDir, stat);
+  try {
     const probe = join(cacheDir, `.probe-${crypto.randomUUID()}`);
     Deno.writeTextFileSync(probe, "");
     Deno.removeSync(probe);
@@ -229,17 +285,36 @@ function runDeno(denoPath: string, args: string[]): string {
   return new TextDecoder().decode(out.stdout);
 }
 
+/**
+ * What decides which Deno cache a `deno` started by this process uses: the
+ * variables Deno reads to place `DENO_DIR`. Hosts that differ in it may use
+ * different npm caches, so records and child folders are kept apart.
+ */
+function denoCacheKey(): string {
+  const names = ["DENO_DIR", "XDG_CACHE_HOME", "HOME", "LOCALAPPDATA"];
+  return names.map((name) => {
+    try {
+      // Queried first: reading an ungranted variable would prompt.
+      const state = Deno.permissions.querySync({ name: "env", variable: name });
+      return state.state === "granted" ? Deno.env.get(name) ?? "" : "?";
+    } catch {
+      return "?";
+    }
+  }).join("\0");
+}
+
 function locatePyodide(
   denoPath: string,
   cacheDir: string,
 ): { pyodideDir: string; denoDir: string } {
+  const cacheKey = denoCacheKey();
   const record = join(
     cacheDir,
-    `locations-${PYODIDE_VERSION}-${fnv(denoPath).slice(0, 8)}.json`,
+    `locations-${PYODIDE_VERSION}-${fnv(`${denoPath}\0${cacheKey}`)}.json`,
   );
   try {
     const saved = JSON.parse(Deno.readTextFileSync(record));
-    if (saved.denoPath === denoPath) {
+    if (saved.denoPath === denoPath && saved.cacheKey === cacheKey) {
       for (const file of PYODIDE_FILES) {
         Deno.statSync(join(saved.pyodideDir, file));
       }
@@ -264,6 +339,7 @@ function locatePyodide(
   const general = JSON.parse(runDeno(denoPath, ["info", "--json"]));
   const found = {
     denoPath,
+    cacheKey,
     pyodideDir: pkg.localPath as string,
     denoDir: general.denoDir as string,
   };
@@ -287,19 +363,37 @@ export function writeFileAtomicSync(path: string, data: Uint8Array): void {
   Deno.renameSync(tmp, path);
 }
 
-function linkChildDenoDir(cacheDir: string, denoDir: string): string {
+function linkChildDenoDir(
+  cacheDir: string,
+  denoDir: string,
+  denoPath: string,
+): string {
   // The children get a DENO_DIR of their own: the npm cache is linked in
   // (read-only for them: they have no write grant), while web storage
   // (localStorage, caches) points below a regular file, so untrusted code
-  // cannot use it to fill the disk.
-  const dir = join(cacheDir, "deno-dir");
-  try {
-    // A damaged cache (a file or link where the folder belongs) is rebuilt.
-    if (!Deno.lstatSync(dir).isDirectory) Deno.removeSync(dir);
-  } catch {
-    // Missing: created below.
+  // cannot use it to fill the disk. One folder per Deno cache and binary
+  // (deno-dir/<hash>): hosts with another DENO_DIR or deno sharing this
+  // cacheDir get their own, instead of re-pointing each other's npm link.
+  // Keyed by real paths, so links to one binary share a folder.
+  const real = (path: string): string => {
+    try {
+      return Deno.realPathSync(path);
+    } catch {
+      return path; // Not there yet, or a command name: as given.
+    }
+  };
+  const key = `${real(join(denoDir, "npm"))}\0${real(denoPath)}`;
+  const parent = join(cacheDir, "deno-dir");
+  const dir = join(parent, fnv(key));
+  for (const path of [parent, dir]) {
+    try {
+      // A damaged cache (a file or link where a folder belongs) is rebuilt.
+      if (!Deno.lstatSync(path).isDirectory) Deno.removeSync(path);
+    } catch {
+      // Missing: created below.
+    }
+    Deno.mkdirSync(path, { recursive: true, mode: 0o700 });
   }
-  Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
   const links: [string, string][] = [
     ["npm", join(denoDir, "npm")],
     ["location_data", "/dev/null/pyodide-sandbox-no-storage"],
@@ -333,10 +427,10 @@ function runnerFile(
       runnerHash: fnv(`${PYODIDE_VERSION}\n${source}`),
     };
   }
-  // Imported from a registry: registry URLs are immutable, so the URL names
-  // the source. The child runs with --no-remote and gets a local copy,
-  // written by materializeRunner().
-  const runnerHash = fnv(`${PYODIDE_VERSION}\n${RUNNER_URL.href}`);
+  // Imported from a registry: the child runs with --no-remote and gets a
+  // local copy of the source this module imported, written and checked by
+  // materializeRunner().
+  const runnerHash = fnv(`${PYODIDE_VERSION}\n${RUNNER_SOURCE}`);
   return { runnerPath: join(cacheDir, `runner-${runnerHash}.ts`), runnerHash };
 }
 
@@ -352,30 +446,57 @@ function fnv(text: string): string {
   return a.toString(16).padStart(8, "0") + b.toString(16).padStart(8, "0");
 }
 
+let runnerBytes: Uint8Array | undefined;
+
+/** Fingerprints of runner copies whose bytes were compared, by path. */
+const checkedRunners = new Map<string, string>();
+
+function runnerFingerprint(stat: Deno.FileInfo): string {
+  // ctime too: a rewrite that restores size and mtime still changes it.
+  return [stat.size, stat.mtime?.getTime(), stat.ctime?.getTime(), stat.ino]
+    .join(":") + (stat.isFile ? "" : ":not-a-file");
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 /**
- * Makes sure the runner file exists locally (it only needs writing when the
- * module was imported from a registry).
+ * Makes sure the runner file a child runs holds this module's runner. When
+ * the module was imported from a registry, the runner is a copy in the cache
+ * folder: its bytes are compared with the source this module imported once
+ * per process and again whenever the file's size, mtime or inode changes (so
+ * call it before every spawn batch), and it is rewritten atomically when it
+ * is missing or differs: a planted `runner-<hash>.ts` never runs.
  *
  * @param env The environment.
  */
 export async function materializeRunner(env: Environment): Promise<void> {
   if (RUNNER_URL.protocol === "file:") return;
+  runnerBytes ??= new TextEncoder().encode(RUNNER_SOURCE);
+  const path = env.runnerPath;
+  let stat: Deno.FileInfo | undefined;
   try {
-    await Deno.stat(env.runnerPath);
-    return;
+    stat = await Deno.lstat(path);
   } catch {
-    // Fetch it.
+    // Missing: written below.
   }
-  const response = await fetch(RUNNER_URL);
-  if (!response.ok) {
-    throw new Error(
-      `Failed to prepare the runner: fetching ${RUNNER_URL.href} gave HTTP ${response.status}`,
-    );
+  if (stat && checkedRunners.get(path) === runnerFingerprint(stat)) return;
+  checkedRunners.delete(path);
+  let current: Uint8Array | undefined;
+  if (stat?.isFile) {
+    try {
+      current = await Deno.readFile(path);
+    } catch {
+      // Unreadable: rewritten below.
+    }
   }
-  writeFileAtomicSync(
-    env.runnerPath,
-    new Uint8Array(await response.arrayBuffer()),
-  );
+  if (!current || !sameBytes(current, runnerBytes)) {
+    writeFileAtomicSync(path, runnerBytes);
+  }
+  checkedRunners.set(path, runnerFingerprint(await Deno.lstat(path)));
 }
 
 /**
@@ -409,8 +530,14 @@ export function childArgs(
     "--cached-only",
     "--no-remote",
     "--node-modules-dir=none",
-    `--v8-flags=--max-old-space-size=${memoryLimitMb},--wasm-max-mem-pages=${
-      memoryLimitMb * 16
+    `--v8-flags=${
+      [
+        `--max-old-space-size=${memoryLimitMb}`,
+        `--wasm-max-mem-pages=${memoryLimitMb * 16}`,
+        // js.eval, Function, constructor.constructor and the like throw:
+        // most attacks start with a string of JavaScript (SECURITY.md).
+        "--disallow-code-generation-from-strings",
+      ].join(",")
     }`,
     ...permissionFlags,
     env.runnerPath,

@@ -11,6 +11,7 @@ import {
   childArgs,
   childEnv,
   type Environment,
+  materializeRunner,
   pyodideReadPaths,
   sha256Hex,
   snapshotPath,
@@ -173,13 +174,16 @@ export function distrustSnapshot(path: string): void {
 /**
  * Returns the path of a verified base snapshot, building it when it is
  * missing, corrupted or from another version. Verification (sha256) happens
- * once per process and again whenever the file changes.
+ * once per process and again whenever the file changes. The runner file is
+ * checked first ({@linkcode materializeRunner}).
  *
  * @param env The environment.
  * @returns The snapshot path.
  * @throws {Error} When the snapshot cannot be built.
  */
 export async function ensureSnapshot(env: Environment): Promise<string> {
+  // Called before every spawn batch: the runner copy is checked here too.
+  await materializeRunner(env);
   const path = snapshotPath(env);
   const known = verified.get(path);
   if (known) {

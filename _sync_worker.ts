@@ -23,6 +23,18 @@ interface Data {
 }
 
 const { port, control, options, functionNames } = workerData as Data;
+
+// Nothing a child sends may end this thread: a dead worker would leave the
+// caller blocked until its timeout. The host code is written not to reject
+// unhandled; this is the net behind it.
+globalThis.addEventListener("unhandledrejection", (event) => {
+  event.preventDefault();
+  console.error(
+    `pyodide-sandbox: unhandled error in the sync worker: ${
+      event.reason instanceof Error ? event.reason.message : event.reason
+    }`,
+  );
+});
 const counter = new Int32Array(control);
 const pendingCalls = new Map<
   number,

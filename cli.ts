@@ -14,8 +14,8 @@ import { PyodideSandbox } from "./sandbox.ts";
 import type { CodeExecutionResult, SessionMetadata } from "./result.ts";
 import { parseSandboxFlags } from "./_cli_flags.ts";
 import { PERMISSION_NAMES } from "./permissions.ts";
-import { dirname, join } from "node:path";
 import { decodeBase64, encodeBase64 } from "./_bytes.ts";
+import { writeResultFiles } from "./_files_out.ts";
 
 const PERMISSION_HELP = PERMISSION_NAMES.map((name) =>
   `  --allow-${name}[=LIST]`.padEnd(32) +
@@ -56,6 +56,121 @@ Python code. --allow-run and --allow-ffi give up the sandbox.`;
 interface SessionFile {
   sessionBytes: string;
   sessionMetadata: SessionMetadata;
+}
+
+function describe(value: unknown): string {
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "an array";
+  return typeof value === "object" ? "an object" : typeof value;
+}
+
+/**
+ * Parses the text of a session file saved by this CLI.
+ *
+ * @param text The file's text.
+ * @returns The session and its decoded bytes.
+ * @throws {TypeError} When the text is not such a session (the message is
+ *   the detail).
+ */
+function parseSessionFile(
+  text: string,
+): { session: SessionFile; bytes: Uint8Array } {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (error) {
+    throw new TypeError(`not JSON (${(error as Error).message})`);
+  }
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    throw new TypeError(`expected a JSON object, got ${describe(value)}`);
+  }
+  const { sessionBytes, sessionMetadata } = value as Record<string, unknown>;
+  if (typeof sessionBytes !== "string" || sessionBytes === "") {
+    throw new TypeError(
+      `"sessionBytes" must be a non-empty base64 string, got ${
+        describe(sessionBytes)
+      }`,
+    );
+  }
+  let bytes: Uint8Array;
+  try {
+    bytes = decodeBase64(sessionBytes);
+  } catch {
+    throw new TypeError('"sessionBytes" is not valid base64');
+  }
+  if (
+    sessionMetadata === null || typeof sessionMetadata !== "object" ||
+    Array.isArray(sessionMetadata)
+  ) {
+    throw new TypeError(
+      `"sessionMetadata" must be an object, got ${describe(sessionMetadata)}`,
+    );
+  }
+  for (const key of ["pyodideVersion", "createdAt", "updatedAt"]) {
+    const field = (sessionMetadata as Record<string, unknown>)[key];
+    if (typeof field !== "string") {
+      throw new TypeError(
+        `"sessionMetadata.${key}" must be a string, got ${describe(field)}`,
+      );
+    }
+  }
+  return {
+    session: { sessionBytes, sessionMetadata } as SessionFile,
+    bytes,
+  };
+}
+
+async function readSessionFile(
+  path: string,
+): Promise<{ session: SessionFile; bytes: Uint8Array } | undefined> {
+  let data: Uint8Array;
+  try {
+    data = await Deno.readFile(path);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return undefined;
+    throw new TypeError(
+      `Invalid session file: ${path} could not be read (${
+        (error as Error).message
+      })`,
+    );
+  }
+  try {
+    let text: string;
+    try {
+      text = new TextDecoder("utf-8", { fatal: true }).decode(data);
+    } catch {
+      throw new TypeError("not UTF-8 text");
+    }
+    return parseSessionFile(text);
+  } catch (error) {
+    throw new TypeError(
+      `Invalid session file: ${path} is not a session saved by this CLI: ${
+        (error as Error).message
+      }`,
+    );
+  }
+}
+
+/**
+ * Writes result files into `--files-out` and reports anything not written.
+ *
+ * @returns Whether every file that belongs there was written.
+ */
+async function writeFilesOut(
+  dir: string,
+  files: CodeExecutionResult["files"],
+): Promise<boolean> {
+  let ok = true;
+  for (const outcome of await writeResultFiles(dir, files ?? [])) {
+    if (outcome.status === "written") continue;
+    if (outcome.status === "refused") ok = false;
+    console.error(
+      `${
+        outcome.status === "refused" ? "Refused" : "Skipped"
+      } a result file: ${outcome.path}: ${outcome.reason}`,
+    );
+  }
+  return ok;
 }
 
 /**
@@ -133,22 +248,10 @@ export async function main(args: string[]): Promise<number> {
     return 2;
   }
   let sandbox: PyodideSandbox;
-  let session: SessionFile | undefined;
+  let session: { session: SessionFile; bytes: Uint8Array } | undefined;
   const files: Record<string, Uint8Array> = {};
   try {
-    if (values.session) {
-      try {
-        session = JSON.parse(await Deno.readTextFile(values.session));
-      } catch (error) {
-        if (!(error instanceof Deno.errors.NotFound)) {
-          throw new TypeError(
-            `Invalid session file: ${values.session} is not a session saved by this CLI (${
-              (error as Error).message
-            })`,
-          );
-        }
-      }
-    }
+    if (values.session) session = await readSessionFile(values.session);
     for (const spec of values.file ?? []) {
       const at = spec.indexOf("=");
       if (at <= 0) {
@@ -178,8 +281,8 @@ export async function main(args: string[]): Promise<number> {
     result = await sandbox.execute(code, {
       stdin: values.stdin,
       files,
-      sessionBytes: session ? decodeBase64(session.sessionBytes) : undefined,
-      sessionMetadata: session?.sessionMetadata,
+      sessionBytes: session?.bytes,
+      sessionMetadata: session?.session.sessionMetadata,
       onStdout: live
         ? (text) => void Deno.stdout.writeSync(encoder.encode(text))
         : undefined,
@@ -190,6 +293,15 @@ export async function main(args: string[]): Promise<number> {
         }
         : undefined,
     });
+  } catch (error) {
+    // A bad argument (a session whose metadata the sandbox refuses): a
+    // message, never a stack trace, and the session file is left alone.
+    console.error(
+      values.session && error instanceof TypeError
+        ? `Invalid session file: ${values.session}: ${error.message}`
+        : (error as Error).message,
+    );
+    return error instanceof TypeError ? 2 : 1;
   } finally {
     await sandbox.close();
   }
@@ -202,12 +314,13 @@ export async function main(args: string[]): Promise<number> {
       mode: 0o600,
     });
   }
+  let filesOk = true;
   if (values["files-out"]) {
-    for (const file of result.files ?? []) {
-      const relative = file.path.replace(/^\/home\/pyodide\//, "");
-      const target = join(values["files-out"], relative);
-      await Deno.mkdir(dirname(target), { recursive: true });
-      await Deno.writeFile(target, file.content);
+    try {
+      filesOk = await writeFilesOut(values["files-out"], result.files);
+    } catch (error) {
+      console.error((error as Error).message);
+      filesOk = false;
     }
   }
   if (values.json) {
@@ -217,7 +330,7 @@ export async function main(args: string[]): Promise<number> {
     const tail = result.stderr.slice(streamedStderr.length);
     if (tail) Deno.stderr.writeSync(encoder.encode(tail));
   }
-  return result.status === "success" ? 0 : 1;
+  return result.status === "success" && filesOk ? 0 : 1;
 }
 
 if (import.meta.main) {

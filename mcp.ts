@@ -17,9 +17,9 @@
  */
 
 import { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
-import { StdioServerTransport } from "@modelcontextprotocol/sdk/server/stdio.js";
 import { WebStandardStreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/webStandardStreamableHttp.js";
 import type { CallToolResult } from "@modelcontextprotocol/sdk/types.js";
+import { LimitedStdioServerTransport } from "./_mcp_stdio.ts";
 import { z } from "zod";
 import process from "node:process";
 import { PyodideSandbox, type SandboxOptions } from "./sandbox.ts";
@@ -499,7 +499,9 @@ async function main(args: string[]): Promise<void> {
     onSignals((signal) => void stop(signal));
     process.stdin.on("end", () => void stop("stdin closed"));
     process.stdin.on("close", () => void stop("stdin closed"));
-    await server.connect(new StdioServerTransport());
+    // Not the SDK's StdioServerTransport: it closes (and so ends the server
+    // and every session) on one message over 10 MiB.
+    await server.connect(new LimitedStdioServerTransport());
     console.error("pyodide-sandbox MCP server running on stdio");
     mcp.sandbox.warmup().catch((error) => {
       console.error(

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { isAbsolute, resolve } from "node:path";
+import { dirname, isAbsolute, join, resolve } from "node:path";
 
 /** The permission names the sandbox can grant. */
 export type PermissionName = "env" | "read" | "write" | "net" | "run" | "ffi";
@@ -192,7 +192,9 @@ export function normalizePermissions(
     if (typeof value === "boolean") {
       out[key] = value;
     } else if (name === "read" || name === "write") {
-      out[key] = value.map((p) => isAbsolute(p) ? p : resolve(cwd, p));
+      out[key] = withRealPaths(
+        value.map((p) => isAbsolute(p) ? p : resolve(cwd, p)),
+      );
     } else {
       out[key] = [...value];
     }
@@ -201,6 +203,141 @@ export function normalizePermissions(
     }
   }
   return out;
+}
+
+/**
+ * Each path, followed by its real path when that differs (the path exists
+ * and goes through a symbolic link): the user's path keeps working, and the
+ * real one is what symbolic links inside the grants are checked against.
+ */
+function withRealPaths(paths: string[]): string[] {
+  const out: string[] = [];
+  for (const path of paths) {
+    if (!out.includes(path)) out.push(path);
+    let real: string;
+    try {
+      real = Deno.realPathSync(path);
+    } catch {
+      continue; // Not there (yet), or not ours to look at.
+    }
+    if (!real.includes(",") && !real.includes("\0") && !out.includes(real)) {
+      out.push(real);
+    }
+  }
+  return out;
+}
+
+/** Most folder entries looked at for symbolic links per child start. */
+export const LINK_SCAN_LIMIT = 4096;
+
+function within(path: string, root: string): boolean {
+  return path === root ||
+    path.startsWith(root.endsWith("/") ? root : root + "/");
+}
+
+/**
+ * Symbolic links inside the granted folders whose real target is outside
+ * every grant: Deno follows a link under a granted path, so such a link
+ * would grant its target. Looks at no more than {@linkcode LINK_SCAN_LIMIT}
+ * entries; a path containing a comma is replaced by its nearest folder
+ * that has none (which denies more, never less).
+ */
+function escapingLinks(grants: string[], allowed: string[]): string[] {
+  const found = new Set<string>();
+  let budget = LINK_SCAN_LIMIT;
+  const expressible = (path: string): string => {
+    while (path.includes(",")) path = dirname(path);
+    return path;
+  };
+  const visit = (path: string, depth: number): void => {
+    if (budget-- <= 0 || depth > 32) return;
+    let info: Deno.FileInfo;
+    try {
+      info = Deno.lstatSync(path);
+    } catch {
+      return;
+    }
+    if (info.isSymlink) {
+      let real: string | undefined;
+      try {
+        real = Deno.realPathSync(path);
+      } catch {
+        real = undefined; // Dangling, or out of the host's own reach.
+      }
+      if (real === undefined || !allowed.some((root) => within(real, root))) {
+        found.add(expressible(path));
+      }
+      return;
+    }
+    if (!info.isDirectory) return;
+    let names: string[];
+    try {
+      names = [...Deno.readDirSync(path)].map((entry) => entry.name);
+    } catch {
+      return;
+    }
+    for (const name of names) visit(join(path, name), depth + 1);
+  };
+  for (const grant of grants) {
+    let info: Deno.FileInfo;
+    try {
+      info = Deno.lstatSync(grant);
+    } catch {
+      continue;
+    }
+    // The grant itself may be a link: the user named it, so look inside.
+    if (info.isSymlink) {
+      try {
+        if (!Deno.statSync(grant).isDirectory) continue;
+      } catch {
+        continue;
+      }
+      let names: string[] = [];
+      try {
+        names = [...Deno.readDirSync(grant)].map((entry) => entry.name);
+      } catch {
+        // Unreadable.
+      }
+      for (const name of names) visit(join(grant, name), 1);
+    } else {
+      visit(grant, 0);
+    }
+  }
+  return [...found].sort();
+}
+
+/**
+ * Deny flags for the symbolic links inside list grants that lead outside
+ * every grant of their kind (measured: `--deny-read=<link>` and
+ * `--deny-write=<link>` stop Deno's own access through the link, for links
+ * to files and to folders, however the path is spelled).
+ *
+ * @param permissions Normalised permissions.
+ * @param runnerReads Paths the runner itself reads (allowed link targets).
+ * @returns `--deny-read=...` and `--deny-write=...` flags, possibly none.
+ * @example
+ * ```ts
+ * import { linkDenyFlags, normalizePermissions } from "./permissions.ts";
+ * linkDenyFlags(normalizePermissions({ allowRead: ["/no/such"] }, "/"), []); // []
+ * ```
+ */
+export function linkDenyFlags(
+  permissions: Required<PermissionOptions>,
+  runnerReads: string[],
+): string[] {
+  const flags: string[] = [];
+  const read = permissions.allowRead;
+  const write = permissions.allowWrite;
+  if (Array.isArray(read) && read.length > 0) {
+    const allowed = [...read, ...runnerReads];
+    const links = escapingLinks(read, allowed);
+    if (links.length) flags.push(`--deny-read=${links.join(",")}`);
+  }
+  if (Array.isArray(write) && write.length > 0) {
+    const links = escapingLinks(write, write);
+    if (links.length) flags.push(`--deny-write=${links.join(",")}`);
+  }
+  return flags;
 }
 
 /**
@@ -231,5 +368,6 @@ export function buildPermissionFlags(
     const flag = buildPermissionFlag(name, value);
     if (flag) flags.push(flag);
   }
+  flags.push(...linkDenyFlags(permissions, runnerReads));
   return flags;
 }

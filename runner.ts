@@ -81,6 +81,12 @@ export function encodeToChild(
 /** The call name the runner uses to ask the host for packages. */
 export const INSTALL_CALL = "\u0000install";
 
+/**
+ * Largest result header (the run report with the result value) the host
+ * accepts; the runner turns a bigger result into an error instead.
+ */
+export const MAX_RESULT_HEADER_BYTES = 128 * 1024 * 1024;
+
 /** Largest host-function reply the child accepts, in bytes. */
 export const MAX_REPLY_BYTES = 64 * 1024 * 1024;
 
@@ -393,6 +399,26 @@ def _sleep(secs):
 
 _time.sleep = _sleep
 
+# Python calls recurse on the WebAssembly stack: past ~25,000 plain frames
+# it overflows and the interpreter dies (a crash, slow on some machines;
+# recursion through C, such as __getattr__ or a sort key, overflows sooner), so
+# a higher limit would only turn a RecursionError into a crash.
+_MAX_RECURSION = 3000
+
+def _capped_setrecursionlimit(original):
+    def setrecursionlimit(limit, /):
+        if isinstance(limit, int) and limit > _MAX_RECURSION:
+            limit = _MAX_RECURSION
+        return original(limit)
+    setrecursionlimit.__doc__ = original.__doc__
+    setrecursionlimit._sandbox = True
+    return setrecursionlimit
+
+if not getattr(sys.setrecursionlimit, "_sandbox", False):
+    sys.setrecursionlimit = _capped_setrecursionlimit(sys.setrecursionlimit)
+if sys.getrecursionlimit() > _MAX_RECURSION:
+    sys.setrecursionlimit(_MAX_RECURSION)
+
 for _name in ("set_request", "run", "drop_js_globals", "cancel_current", "prepare", "display", "HostError", "plan", "mark_installed", "installed"):
     setattr(_mod, _name, globals()[_name])
 os.makedirs("/home/pyodide", exist_ok=True)
@@ -535,15 +561,113 @@ const getByteOffset = Object.getOwnPropertyDescriptor(
   typedArrayProto,
   "byteOffset",
 )!.get!;
+const parse = JSON.parse;
+const isArray = Array.isArray;
+const objectKeys = Object.keys;
+const createObject = Object.create;
+const defineProperty = Reflect.defineProperty;
+const strIncludes = String.prototype.includes;
+const strStartsWith = String.prototype.startsWith;
+const strEndsWith = String.prototype.endsWith;
+const mapGet = Map.prototype.get;
+const mapSet = Map.prototype.set;
+const mapForEach = Map.prototype.forEach;
 /** Largest stdout/stderr frame: bigger writes are split. */
 const STREAM_FRAME_BYTES = 64 * 1024;
+
+// Frames, their headers and the files index are built only with the values
+// captured above (after user code ran, every global and prototype method may
+// be the attacker's): no JSON.stringify of an object (toJSON), no Math, no
+// Array or String methods, no typed-array getters or methods.
+
+/** JSON text of plain data, without toJSON or any replaceable method. */
+function toJson(value: unknown): string {
+  if (value === null || typeof value !== "object") {
+    // A primitive: JSON.stringify looks nothing up for it.
+    const text: string | undefined = stringify(value);
+    return text === undefined ? "null" : text;
+  }
+  if (isArray(value)) {
+    let out = "[";
+    for (let i = 0; i < value.length; i++) {
+      out += (i > 0 ? "," : "") + toJson(value[i]);
+    }
+    return out + "]";
+  }
+  const keys = objectKeys(value);
+  let out = "{";
+  let first = true;
+  for (let i = 0; i < keys.length; i++) {
+    const item = (value as Record<string, unknown>)[keys[i]];
+    if (item === undefined || typeof item === "function") continue;
+    out += (first ? "" : ",") + stringify(keys[i]) + ":" + toJson(item);
+    first = false;
+  }
+  return out + "}";
+}
+
+/** Appends without Array.prototype.push (or a setter planted on it). */
+function append<T>(array: T[], item: T): void {
+  defineProperty(array, array.length, {
+    __proto__: null,
+    value: item,
+    writable: true,
+    enumerable: true,
+    configurable: true,
+  } as PropertyDescriptor);
+}
+
+/** A fresh object with no prototype, for headers and index entries. */
+function record(): Record<string, unknown> {
+  return createObject(null);
+}
+
+function encodeText(text: string): Uint8Array {
+  return apply(encode, encoder, [text]);
+}
+
+function byteLength(bytes: Uint8Array): number {
+  return apply(getLength, bytes, []);
+}
+
+/** `bytes.subarray(start, end)` without the (replaceable) method. */
+function view(bytes: Uint8Array, start: number, end: number): Uint8Array {
+  const buffer: ArrayBuffer = apply(getBuffer, bytes, []);
+  const offset: number = apply(getByteOffset, bytes, []);
+  return new U8(buffer, offset + start, end - start);
+}
+
+function includes(text: string, part: string): boolean {
+  return apply(strIncludes, text, [part]);
+}
+
+/** Sorts strings (merge sort) without Array.prototype.sort. */
+function sortStrings(items: string[]): string[] {
+  if (items.length < 2) return items;
+  const half = items.length >> 1;
+  const left: string[] = [];
+  const right: string[] = [];
+  for (let i = 0; i < items.length; i++) {
+    append(i < half ? left : right, items[i]);
+  }
+  const a = sortStrings(left);
+  const b = sortStrings(right);
+  const out: string[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length || j < b.length) {
+    if (j >= b.length || (i < a.length && a[i] <= b[j])) append(out, a[i++]);
+    else append(out, b[j++]);
+  }
+  return out;
+}
 
 let nonce: Uint8Array = new U8(NONCE_BYTES);
 
 function send(type: number, json: unknown, bin?: Uint8Array): void {
   // Only captured functions touch the frame: no getter, species constructor
   // or method that user code can replace ever sees it (or the nonce in it).
-  const head: Uint8Array = apply(encode, encoder, [stringify(json ?? null)]);
+  const head: Uint8Array = apply(encode, encoder, [toJson(json ?? null)]);
   const body = bin ?? new U8(0);
   const headLength: number = apply(getLength, head, []);
   const bodyLength: number = apply(getLength, body, []);
@@ -575,13 +699,126 @@ function sendStream(type: number, buf: Uint8Array): void {
   const buffer: ArrayBuffer = apply(getBuffer, buf, []);
   const byteOffset: number = apply(getByteOffset, buf, []);
   for (let i = 0; i < length; i += STREAM_FRAME_BYTES) {
-    const n = Math.min(STREAM_FRAME_BYTES, length - i);
+    const n = length - i < STREAM_FRAME_BYTES ? length - i : STREAM_FRAME_BYTES;
     send(type, null, new U8(buffer, byteOffset + i, n));
   }
 }
 
 // deno-lint-ignore no-explicit-any
 type Pyodide = any;
+// deno-lint-ignore no-explicit-any
+type Loose = any;
+
+/** What {@linkcode lockDown} takes from each built-in module. */
+const LOCKED: Record<string, string[]> = {
+  // Heap snapshots and queries show every string in the heap; flags could
+  // turn code generation from strings back on.
+  v8: [
+    "getHeapSnapshot",
+    "writeHeapSnapshot",
+    "setHeapSnapshotNearHeapLimit",
+    "queryObjects",
+    "setFlagsFromString",
+    "takeCoverage",
+    "stopCoverage",
+  ],
+  // A session can take heap snapshots and evaluate code.
+  inspector: ["Session", "open", "url", "waitForDebugger"],
+  "inspector/promises": ["Session", "open", "url", "waitForDebugger"],
+  // Compiles strings without the code generation check.
+  vm: [
+    "Script",
+    "createScript",
+    "runInContext",
+    "runInNewContext",
+    "runInThisContext",
+    "compileFunction",
+    "createContext",
+    "SourceTextModule",
+    "SyntheticModule",
+    "Module",
+    "measureMemory",
+  ],
+  // A Worker runs a module from a data: or blob: URL.
+  worker_threads: ["Worker"],
+  // The CommonJS loader compiles files and strings (require and _load stay
+  // for built-in modules only: Pyodide requires node:crypto lazily).
+  module: ["createRequire", "register", "runMain", "_preloadModules"],
+};
+
+function refusal(name: string): () => never {
+  return function refused(): never {
+    throw new Error(`Not available in the sandbox: ${name}`);
+  };
+}
+
+function replace(target: Loose, key: PropertyKey, name: string): void {
+  try {
+    Object.defineProperty(target, key, {
+      value: refusal(name),
+      writable: false,
+      configurable: false,
+    });
+  } catch {
+    // Not configurable: already as locked as it gets.
+  }
+}
+
+/**
+ * Takes away, before any user code runs, what would let it read the heap
+ * (and so the frame nonce) or run JavaScript that was not written in
+ * advance: heap snapshots, the inspector, node:vm, Workers, the CommonJS
+ * loader, `process.binding` and Deno's internals (which hold every op).
+ * JavaScript from strings (eval, Function) is refused by the child's
+ * `--disallow-code-generation-from-strings` flag.
+ */
+function lockDown(): void {
+  const process = (globalThis as Loose).process;
+  for (const [module, keys] of Object.entries(LOCKED)) {
+    let exports: Loose;
+    try {
+      exports = process.getBuiltinModule(module);
+    } catch {
+      continue;
+    }
+    if (!exports) continue;
+    for (const key of keys) replace(exports, key, `node:${module} ${key}`);
+  }
+  const Module = process.getBuiltinModule("module");
+  for (const key of ["_compile", "load"]) {
+    replace(Module.prototype, key, `node:module ${key}`);
+  }
+  const isBuiltin: (id: string) => boolean = Module.isBuiltin;
+  const builtinsOnly = (target: Loose, key: string): void => {
+    const original = target[key];
+    if (typeof original !== "function") return;
+    Object.defineProperty(target, key, {
+      value: function (this: unknown, id: unknown, ...rest: unknown[]) {
+        if (typeof id !== "string" || !isBuiltin(id)) {
+          throw new Error(`Not available in the sandbox: node:module ${key}`);
+        }
+        return Reflect.apply(original, this, [id, ...rest]);
+      },
+      writable: false,
+      configurable: false,
+    });
+  };
+  builtinsOnly(Module.prototype, "require");
+  builtinsOnly(Module, "_load");
+  for (const key of Object.keys(Module._extensions ?? {})) {
+    replace(Module._extensions, key, `node:module _extensions`);
+  }
+  for (const key of ["binding", "_linkedBinding", "dlopen", "_debugProcess"]) {
+    replace(process, key, `process.${key}`);
+  }
+  replace(globalThis, "Worker", "Worker");
+  // deno-lint-ignore no-explicit-any
+  const deno = Deno as any;
+  const internal = deno.internal;
+  if (!Reflect.deleteProperty(deno, internal)) {
+    replace(deno, internal, "Deno[Deno.internal]");
+  }
+}
 
 async function main(): Promise<void> {
   const interruptBuffer = new SharedArrayBuffer(1);
@@ -614,7 +851,7 @@ async function main(): Promise<void> {
 
   const first = await next();
   if (first.type !== ToChild.init) throw new Error("Expected an init frame");
-  const init = JSON.parse(first.json) as InitRequest;
+  const init = parse(first.json) as InitRequest;
   // The nonce is the first bytes of the attachment (never a string); the
   // packed session state, if any, follows.
   nonce = first.bin.slice(0, NONCE_BYTES);
@@ -680,7 +917,8 @@ async function main(): Promise<void> {
   const sleepCell = new Int32Array(new SharedArrayBuffer(4));
   Object.defineProperty(globalThis, "__pyodideSandboxSleep", {
     value: (seconds: number) => {
-      Atomics.wait(sleepCell, 0, 0, Math.max(0, Number(seconds) * 1000));
+      const ms = Number(seconds) * 1000;
+      Atomics.wait(sleepCell, 0, 0, ms > 0 ? ms : 0);
     },
   });
   const sandboxModule = pyodide.pyimport("_pyodide_sandbox");
@@ -689,7 +927,7 @@ async function main(): Promise<void> {
   const cancelCurrent = sandboxModule.cancel_current;
   const prepare = sandboxModule.prepare;
   Object.defineProperty(globalThis, "__pyodideSandboxDisplay", {
-    value: (json: string) => send(ToParent.display, JSON.parse(json)),
+    value: (json: string) => send(ToParent.display, parse(json)),
   });
   const replyCounter = new Int32Array(replyControl);
   const replyDecoder = new TextDecoder();
@@ -706,7 +944,7 @@ async function main(): Promise<void> {
     return replyDecoder.decode(new U8(replyData).slice(0, length));
   }
   Object.defineProperty(globalThis, "__pyodideSandboxCall", {
-    value: (payload: string) => askParent(JSON.parse(payload)),
+    value: (payload: string) => askParent(parse(payload)),
   });
   const planImports = sandboxModule.plan;
   const markInstalled = sandboxModule.mark_installed;
@@ -715,12 +953,12 @@ async function main(): Promise<void> {
   /** Installs what the code imports; returns an error message or "". */
   function install(request: ExecRequest): string {
     if (!request.install) return "";
-    const plan = JSON.parse(
-      planImports(request.code, JSON.stringify(request.install.packages)),
+    const plan = parse(
+      planImports(request.code, toJson(request.install.packages)),
     ) as { imports: string[]; required: string[]; installed: string[] };
     const required = plan.required;
     if (plan.imports.length === 0 && required.length === 0) return "";
-    const reply = JSON.parse(askParent({
+    const reply = parse(askParent({
       name: INSTALL_CALL,
       args: [plan.imports, required, plan.installed],
     })) as {
@@ -757,7 +995,11 @@ async function main(): Promise<void> {
     try {
       cancelCurrent();
     } catch (error) {
-      send(ToParent.stderr, null, encoder.encode(`cancel failed: ${error}\n`));
+      send(
+        ToParent.stderr,
+        null,
+        apply(encode, encoder, [`cancel failed: ${error}\n`]),
+      );
     }
   };
   pyodide.setStdout({
@@ -786,6 +1028,9 @@ async function main(): Promise<void> {
       { globals: pyodide.toPy({}) },
     );
   }
+  // Last step before any user code can run: nothing below may need what
+  // this takes away.
+  lockDown();
   send(ToParent.ready, { loadMs: performance.now() - started });
 
   function saveState(): { json: Record<string, unknown>; bin?: Uint8Array } {
@@ -816,7 +1061,7 @@ async function main(): Promise<void> {
   for (;;) {
     const message = await next();
     if (message.type === ToChild.exec) {
-      const request = JSON.parse(message.json) as ExecRequest;
+      const request = parse(message.json) as ExecRequest;
       new U8(interruptBuffer)[0] = 0;
       setStdin(pyodide, request.stdin);
       const warnings: string[] = [];
@@ -829,7 +1074,7 @@ async function main(): Promise<void> {
         // A files entry the filesystem refuses (a path under a file, an
         // existing folder): the code does not run.
         send(ToParent.result, {
-          out: JSON.stringify({
+          out: toJson({
             ok: false,
             error: {
               type: "OSError",
@@ -842,11 +1087,15 @@ async function main(): Promise<void> {
         if (init.oneShot) Deno.exit(0);
         continue;
       }
+      const grants = [
+        ...(request.hostRead ?? []),
+        ...(request.hostWrite ?? []),
+      ];
       for (const path of request.hostRead ?? []) {
-        copyHostIn(pyodide, path, warnings);
+        copyHostIn(pyodide, path, grants, warnings);
       }
       for (const path of request.hostWrite ?? []) {
-        copyHostIn(pyodide, path, warnings);
+        copyHostIn(pyodide, path, grants, warnings);
         const dir = (request.hostWriteDirs ?? []).includes(path)
           ? path
           : path.slice(0, path.lastIndexOf("/"));
@@ -856,13 +1105,13 @@ async function main(): Promise<void> {
       }
       const before = fileStates(pyodide, [HOME, ...(request.hostWrite ?? [])]);
       for (const warning of warnings) {
-        send(ToParent.stderr, null, encoder.encode(`${warning}\n`));
+        send(ToParent.stderr, null, encodeText(`${warning}\n`));
       }
       let out: string;
       const installError = install(request);
       if (installError) {
         send(ToParent.result, {
-          out: JSON.stringify({
+          out: toJson({
             ok: false,
             error: { type: "InstallError", message: installError },
           }),
@@ -874,7 +1123,7 @@ async function main(): Promise<void> {
         continue;
       }
       try {
-        prepare(JSON.stringify(request.functions ?? []));
+        prepare(toJson(request.functions ?? []));
         setRequest(request.code);
         out = await pyodide.runPythonAsync(
           "await __import__('_pyodide_sandbox').run()",
@@ -887,60 +1136,100 @@ async function main(): Promise<void> {
         }
         // The interrupt landed outside the user's code (while the result
         // was being prepared): report it as an interrupted run.
-        out = JSON.stringify({
+        out = toJson({
           ok: false,
           error: { type: "KeyboardInterrupt", message: "", traceback: "" },
         });
       }
-      const changed = changedFiles(pyodide, before, [
-        HOME,
-        ...(request.hostWrite ?? []),
-      ]);
-      const copyBack = changed.filter((p) =>
-        (request.hostWrite ?? []).some((root) => within(p, root))
-      );
-      for (const path of copyBack) copyHostOut(pyodide, path);
+      // From here on, user code has run: captured values only.
+      const hostWrite = request.hostWrite ?? [];
+      const roots: string[] = [HOME];
+      for (let i = 0; i < hostWrite.length; i++) append(roots, hostWrite[i]);
+      const changed = changedFiles(pyodide, before, roots);
+      const inHome: string[] = [];
+      for (let i = 0; i < changed.length; i++) {
+        const path = changed[i];
+        if (within(path, HOME)) append(inHome, path);
+        for (let j = 0; j < hostWrite.length; j++) {
+          if (within(path, hostWrite[j])) {
+            copyHostOut(pyodide, path, hostWrite);
+            break;
+          }
+        }
+      }
       sendFiles(
         pyodide,
-        changed.filter((p) => within(p, HOME)),
+        inHome,
         request.maxFileBytes,
         request.maxTotalFileBytes,
       );
       const interrupted = new U8(interruptBuffer)[0] !== 0 ||
-        out.includes('"type": "KeyboardInterrupt"') ||
-        out.includes('"type": "CancelledError"');
+        includes(out, '"type": "KeyboardInterrupt"') ||
+        includes(out, '"type": "CancelledError"');
       new U8(interruptBuffer)[0] = 0;
-      const header: Record<string, unknown> = {
-        out,
-        interrupted,
-        packages: JSON.parse(installedList()),
-      };
+      out = boundedOut(out);
+      const header = record();
+      header.out = out;
+      header.interrupted = interrupted;
+      header.packages = parse(installedList());
       let bin: Uint8Array | undefined;
       if (request.wantState) {
         const state = saveState();
-        Object.assign(header, state.json);
+        const keys = objectKeys(state.json);
+        for (let i = 0; i < keys.length; i++) {
+          header[keys[i]] = state.json[keys[i]];
+        }
         bin = state.bin;
       }
       send(ToParent.result, header, bin);
       if (init.oneShot) Deno.exit(0);
     } else if (message.type === ToChild.save) {
       const state = saveState();
-      send(
-        ToParent.saved,
-        { ...state.json, packages: JSON.parse(installedList()) },
-        state.bin,
-      );
+      const header = record();
+      const keys = objectKeys(state.json);
+      for (let i = 0; i < keys.length; i++) {
+        header[keys[i]] = state.json[keys[i]];
+      }
+      header.packages = parse(installedList());
+      send(ToParent.saved, header, state.bin);
     }
   }
 }
 
+/**
+ * The run report, or an error in its place when the result is too large for
+ * the host to accept (a frame over the cap would end the child instead).
+ */
+function boundedOut(out: string): string {
+  // Cheap first: one UTF-16 unit is at most 6 bytes once escaped for the
+  // header's JSON (\u00XX) and encoded.
+  const limit = MAX_RESULT_HEADER_BYTES - 64 * 1024;
+  if (out.length * 6 < limit) return out;
+  const size = byteLength(encodeText(toJson(out)));
+  if (size <= limit) return out;
+  const message =
+    `The result is too large to return: ${size} bytes (at most ${limit}); print it or write it to a file instead`;
+  const report = record();
+  const error = record();
+  error.type = "ValueError";
+  error.message = message;
+  error.traceback = `ValueError: ${message}\n`;
+  report.ok = false;
+  report.error = error;
+  return toJson(report);
+}
+
 function setStdin(pyodide: Pyodide, text: string | undefined): void {
-  const data = text === undefined ? new U8(0) : encoder.encode(text);
+  const data: Uint8Array = text === undefined
+    ? new U8(0)
+    : apply(encode, encoder, [text]);
   let offset = 0;
   pyodide.setStdin({
     read(buf: Uint8Array) {
-      const n = Math.min(buf.length, data.length - offset);
-      buf.set(data.subarray(offset, offset + n));
+      const room = byteLength(buf);
+      const left = byteLength(data) - offset;
+      const n = room < left ? room : left;
+      apply(u8Set, buf, [view(data, offset, offset + n), 0]);
       offset += n;
       return n;
     },
@@ -976,7 +1265,9 @@ function readFiles(pyodide: Pyodide): Uint8Array {
 
 function within(path: string, root: string): boolean {
   return path === root ||
-    path.startsWith(root.endsWith("/") ? root : root + "/");
+    apply(strStartsWith, path, [
+      apply(strEndsWith, root, ["/"]) ? root : root + "/",
+    ]);
 }
 
 function sandboxPath(path: string): string {
@@ -1018,7 +1309,7 @@ function writeInputFiles(
         ? String(error)
         : ERRNO_NAMES[errno] ?? `errno ${errno}`;
       return `Invalid files entry: ${
-        JSON.stringify(file.path)
+        stringify(file.path)
       } cannot be written to ${path} (${reason})`;
     }
     offset += file.size;
@@ -1033,7 +1324,29 @@ const HOST_COPY_LIMIT = 256 * 1024 * 1024;
 /** Most files copied in from host folders per call. */
 const HOST_COPY_FILES = 10_000;
 
-function copyHostIn(pyodide: Pyodide, root: string, warnings: string[]): void {
+/**
+ * Whether a host path is a symbolic link whose real target is outside every
+ * grant (a link the host placed there: it must not widen the grant).
+ */
+function escapesGrants(path: string, grants: string[]): boolean {
+  let real: string;
+  try {
+    real = Deno.realPathSync(path);
+  } catch {
+    return true; // Dangling, or denied (see linkDenyFlags).
+  }
+  for (let i = 0; i < grants.length; i++) {
+    if (within(real, grants[i])) return false;
+  }
+  return true;
+}
+
+function copyHostIn(
+  pyodide: Pyodide,
+  root: string,
+  grants: string[],
+  warnings: string[],
+): void {
   if (RESERVED.some((r) => within(root, r)) || root === "/") {
     warnings.push(
       `Warning: ${root} is not shown to Python's open() (it would replace Pyodide's own files); use js.Deno to reach it`,
@@ -1043,14 +1356,27 @@ function copyHostIn(pyodide: Pyodide, root: string, warnings: string[]): void {
   const FS = pyodide.FS;
   let bytes = 0;
   let count = 0;
-  function visit(path: string): void {
+  function visit(path: string, depth: number): void {
     let info: Deno.FileInfo;
     try {
-      info = Deno.statSync(path);
+      info = Deno.lstatSync(path);
+      // A link is followed only when it stays inside the grants (the grant
+      // itself may be a link: the user named it).
+      if (info.isSymlink) {
+        if (path !== root && escapesGrants(path, grants)) {
+          warnings.push(
+            `Warning: ${path} was not copied in: it is a symbolic link that leads outside the granted paths`,
+          );
+          return;
+        }
+        info = Deno.statSync(path);
+      }
     } catch {
       return; // Not there, or not readable (a write-only grant).
     }
     if (info.isDirectory) {
+      if (depth > 64 || count >= HOST_COPY_FILES) return;
+      count++;
       FS.mkdirTree(path);
       let entries: Deno.DirEntry[];
       try {
@@ -1058,7 +1384,7 @@ function copyHostIn(pyodide: Pyodide, root: string, warnings: string[]): void {
       } catch {
         return;
       }
-      for (const entry of entries) visit(`${path}/${entry.name}`);
+      for (const entry of entries) visit(`${path}/${entry.name}`, depth + 1);
     } else if (info.isFile) {
       if (count >= HOST_COPY_FILES || bytes + info.size > HOST_COPY_LIMIT) {
         warnings.push(
@@ -1077,11 +1403,48 @@ function copyHostIn(pyodide: Pyodide, root: string, warnings: string[]): void {
       }
     }
   }
-  visit(root);
+  visit(root, 0);
 }
 
-function copyHostOut(pyodide: Pyodide, path: string): void {
+/**
+ * The first symbolic link on the way from the grant holding `path` down to
+ * `path` (the grant itself excluded), or "" when there is none: writing
+ * through one would write outside the grant.
+ */
+function linkOnTheWay(path: string, grants: string[]): string {
+  let root = "";
+  for (let i = 0; i < grants.length; i++) {
+    if (within(path, grants[i]) && grants[i].length > root.length) {
+      root = grants[i];
+    }
+  }
+  if (!root) return path;
+  let current = root;
+  const rest = path.slice(root.length).split("/");
+  for (let i = 0; i < rest.length; i++) {
+    if (!rest[i]) continue;
+    current = current === "/" ? `/${rest[i]}` : `${current}/${rest[i]}`;
+    try {
+      if (Deno.lstatSync(current).isSymlink) return current;
+    } catch (error) {
+      if (error instanceof Deno.errors.NotFound) return "";
+      // A write-only grant cannot be looked at: the child's --deny-write
+      // flags (linkDenyFlags) cover the links that were there at its start.
+      if (error instanceof Deno.errors.NotCapable) return "";
+      return current; // Cannot tell: refuse.
+    }
+  }
+  return "";
+}
+
+function copyHostOut(pyodide: Pyodide, path: string, grants: string[]): void {
   try {
+    const link = linkOnTheWay(path, grants);
+    if (link) {
+      throw new Error(
+        `${link} is a symbolic link (or could not be checked), and writes never go through one`,
+      );
+    }
     const data = pyodide.FS.readFile(path) as Uint8Array;
     try {
       Deno.writeFileSync(path, data);
@@ -1098,7 +1461,7 @@ function copyHostOut(pyodide: Pyodide, path: string): void {
     send(
       ToParent.stderr,
       null,
-      encoder.encode(
+      encodeText(
         `Warning: ${path} was not written back to the host: ${error}\n`,
       ),
     );
@@ -1132,9 +1495,9 @@ function walkFiles(
 
 function fileStates(pyodide: Pyodide, roots: string[]): FileStates {
   const states: FileStates = new Map();
-  for (const root of roots) {
-    walkFiles(pyodide, root, (path, stat) => {
-      states.set(path, `${stat.size}:${new Date(stat.mtime).getTime()}`);
+  for (let i = 0; i < roots.length; i++) {
+    walkFiles(pyodide, roots[i], (path, stat) => {
+      apply(mapSet, states, [path, `${stat.size}:${+stat.mtime}`]);
     });
   }
   return states;
@@ -1147,9 +1510,9 @@ function changedFiles(
 ): string[] {
   const after = fileStates(pyodide, roots);
   const changed: string[] = [];
-  for (const [path, state] of after) {
-    if (before.get(path) !== state) changed.push(path);
-  }
+  apply(mapForEach, after, [(state: string, path: string) => {
+    if (apply(mapGet, before, [path]) !== state) append(changed, path);
+  }]);
   return changed;
 }
 
@@ -1160,28 +1523,25 @@ function sendFiles(
   maxTotalFileBytes: number,
 ): void {
   if (paths.length === 0) return;
-  const index: {
-    path: string;
-    size: number;
-    length: number;
-    truncated: boolean;
-  }[] = [];
+  const index: Record<string, unknown>[] = [];
   const blobs: Uint8Array[] = [];
   let total = 0;
-  for (const path of paths.sort()) {
+  const sorted = sortStrings(paths);
+  for (let i = 0; i < sorted.length; i++) {
+    const path = sorted[i];
     const data = pyodide.FS.readFile(path) as Uint8Array;
-    const length = Math.max(
-      0,
-      Math.min(data.length, maxFileBytes, maxTotalFileBytes - total),
-    );
+    const size = byteLength(data);
+    let length = size < maxFileBytes ? size : maxFileBytes;
+    if (length > maxTotalFileBytes - total) length = maxTotalFileBytes - total;
+    if (!(length > 0)) length = 0;
     total += length;
-    index.push({
-      path,
-      size: data.length,
-      length,
-      truncated: length < data.length,
-    });
-    blobs.push(data.subarray(0, length));
+    const entry = record();
+    entry.path = path;
+    entry.size = size;
+    entry.length = length;
+    entry.truncated = length < size;
+    append(index, entry);
+    append(blobs, view(data, 0, length));
   }
   const packed = concatWithIndex(index, blobs);
   send(ToParent.files, null, packed);
@@ -1204,16 +1564,18 @@ function writeFiles(pyodide: Pyodide, packed: Uint8Array): void {
 }
 
 function concatWithIndex(index: unknown, blobs: Uint8Array[]): Uint8Array {
-  const head = encoder.encode(JSON.stringify(index));
-  let total = 4 + head.length;
-  for (const blob of blobs) total += blob.length;
-  const out = new U8(total);
-  new DataView(out.buffer).setUint32(0, head.length);
-  out.set(head, 4);
-  let offset = 4 + head.length;
-  for (const blob of blobs) {
-    out.set(blob, offset);
-    offset += blob.length;
+  const head: Uint8Array = apply(encode, encoder, [toJson(index)]);
+  const headLength = byteLength(head);
+  let total = 4 + headLength;
+  for (let i = 0; i < blobs.length; i++) total += byteLength(blobs[i]);
+  const buffer = new AB(total);
+  const out = new U8(buffer);
+  apply(dvSetUint32, new DV(buffer), [0, headLength]);
+  apply(u8Set, out, [head, 4]);
+  let offset = 4 + headLength;
+  for (let i = 0; i < blobs.length; i++) {
+    apply(u8Set, out, [blobs[i], offset]);
+    offset += byteLength(blobs[i]);
   }
   return out;
 }
@@ -1221,7 +1583,7 @@ function concatWithIndex(index: unknown, blobs: Uint8Array[]): Uint8Array {
 function splitIndex<T>(packed: Uint8Array): { index: T; data: Uint8Array } {
   const view = new DataView(packed.buffer, packed.byteOffset, packed.length);
   const length = view.getUint32(0);
-  const index = JSON.parse(
+  const index = parse(
     new TextDecoder().decode(packed.subarray(4, 4 + length)),
   ) as T;
   return { index, data: packed.subarray(4 + length) };

@@ -51,6 +51,15 @@ import {
 } from "./runner.ts";
 import { Semaphore } from "./_semaphore.ts";
 import {
+  checkInstallArgs,
+  decodeFiles,
+  type FileLimits,
+  type HostCallRequest,
+  type ResultHeader,
+  type RunnerOut,
+  type SavedHeader,
+} from "./_protocol.ts";
+import {
   type AuditCallback,
   CallGuard,
   checkFilterAuditOptions,
@@ -214,6 +223,13 @@ export interface SandboxOptions extends PermissionOptions {
    * @default {52428800}
    */
   maxTotalFileBytes?: number;
+  /**
+   * Largest total of rich displays (`result.displays`) per call, counted as
+   * the bytes of their JSON. Displays past it are dropped, with a line on
+   * stderr saying so. Enforced by the host, whatever the child sends.
+   * @default {16777216}
+   */
+  maxDisplayBytes?: number;
 }
 
 /** A host function callable from Python. */
@@ -329,6 +345,7 @@ interface Settings extends FilterAuditSettings {
   functions: Record<string, HostFunction>;
   maxFileBytes: number;
   maxTotalFileBytes: number;
+  maxDisplayBytes: number;
   packages: string[];
   packageResolver: PackageResolver;
 }
@@ -363,6 +380,7 @@ const OPTION_NAMES = new Set([
   "functions",
   "maxFileBytes",
   "maxTotalFileBytes",
+  "maxDisplayBytes",
   "packages",
   "packageDir",
   "packageIndexUrls",
@@ -660,6 +678,13 @@ function settingsFrom(options: SandboxOptions): Settings {
       4 * 1024 ** 3,
       true,
     ),
+    maxDisplayBytes: checkNumber(
+      "maxDisplayBytes",
+      o.maxDisplayBytes ?? 16 * 1024 * 1024,
+      0,
+      1024 ** 3,
+      true,
+    ),
   };
 }
 
@@ -827,11 +852,10 @@ export class BasePyodideSandbox {
       soft: how.soft,
       signal: call.signal,
       maxOutputBytes: settings.maxOutputBytes,
+      maxDisplayBytes: settings.maxDisplayBytes,
       onStdout: guardCallback(call.onStdout),
       onStderr: guardCallback(call.onStderr),
-      onDisplay: guardCallback(
-        call.onDisplay as ((b: Record<string, unknown>) => void) | undefined,
-      ),
+      onDisplay: guardCallback(call.onDisplay),
       onCall: (request) =>
         request.name === INSTALL_CALL
           ? installPackages(settings.packageResolver, request.args)
@@ -865,11 +889,19 @@ export class BasePyodideSandbox {
    */
   protected childSpec(memoryLimitMb: number): ChildSpec {
     const { command, args } = this.buildCommand(memoryLimitMb);
+    const settings = this.#settings;
+    const rssLimitBytes = (memoryLimitMb + RSS_OVERHEAD_MB) * 1024 * 1024;
     return {
       denoPath: command,
       args,
       env: childEnv(this.environment(), this.#passedEnv()),
-      rssLimitBytes: (memoryLimitMb + RSS_OVERHEAD_MB) * 1024 * 1024,
+      rssLimitBytes,
+      limits: {
+        stateBytes: rssLimitBytes,
+        maxDisplayBytes: settings.maxDisplayBytes,
+        maxTotalFileBytes: settings.maxTotalFileBytes,
+      },
+      idleOutputBytes: settings.maxOutputBytes,
     };
   }
 
@@ -963,12 +995,6 @@ function endMessage(
   }
 }
 
-interface RunnerOut {
-  ok: boolean;
-  result?: JsonValue;
-  error?: { type: string; message: string; traceback: string };
-}
-
 /** Context a result is built in. */
 interface ResultContext {
   started: number;
@@ -977,6 +1003,42 @@ interface ResultContext {
   wantState: boolean;
   previous?: SessionMetadata;
   secret?: Uint8Array;
+  /** Where returned files may be, and their caps. */
+  files: FileLimits;
+}
+
+/** The working folder of every sandbox. */
+const SANDBOX_HOME = "/home/pyodide";
+
+/**
+ * Where a sandbox's returned files may be, and how large.
+ *
+ * @param settings The sandbox's settings.
+ * @returns The limits the host enforces on the files frame.
+ */
+function fileLimits(settings: Settings): FileLimits {
+  const write = settings.permissions.allowWrite;
+  const grants = Array.isArray(write) ? write : [];
+  return {
+    roots: [SANDBOX_HOME, ...grants],
+    exact: grants,
+    maxFileBytes: settings.maxFileBytes,
+    maxTotalFileBytes: settings.maxTotalFileBytes,
+  };
+}
+
+/**
+ * The message of a call that ended without a reply.
+ *
+ * @param outcome What the child produced.
+ * @param child The child, for its exit description.
+ * @returns Why it ended, for a `crash` message.
+ */
+function endDetail(outcome: CallOutcome, child?: SandboxChild): string {
+  if (outcome.ended === "protocol" && child?.violation) {
+    return `protocol violation: ${child.violation}`;
+  }
+  return child?.describeExit() ?? "no result";
 }
 
 /**
@@ -990,13 +1052,19 @@ export async function resultFromOutcome(
   outcome: CallOutcome,
   ctx: ResultContext,
 ): Promise<CodeExecutionResult & ExtraResultFields> {
+  const files = outcome.files
+    ? decodeFiles(outcome.files.bin, ctx.files)
+    : { files: [], dropped: 0 };
+  const dropped = files.dropped
+    ? `Dropped ${files.dropped} file entries the sandbox sent: ${files.reason}\n`
+    : "";
   const base = {
     stdout: outcome.stdout,
-    stderr: outcome.stderr,
+    stderr: outcome.stderr + dropped,
     stdoutTruncated: outcome.stdoutTruncated,
     stderrTruncated: outcome.stderrTruncated,
-    displays: outcome.displays as MimeBundle[],
-    files: unpackResultFiles(outcome.files),
+    displays: outcome.displays,
+    files: files.files,
   };
   const time = () => (performance.now() - ctx.started) / 1000;
   if (!outcome.frame) {
@@ -1005,33 +1073,12 @@ export async function resultFromOutcome(
       : outcome.ended === "memory"
       ? "memory"
       : "crash";
-    const message = endMessage(
-      kind,
-      ctx.call,
-      ctx.child?.describeExit() ?? "no result",
-    );
+    const message = endMessage(kind, ctx.call, endDetail(outcome, ctx.child));
     return errorResult(base, kind, message, time());
   }
-  const header = outcome.frame.json as {
-    out: string;
-    stateError?: string;
-    droppedGlobals?: string;
-    installError?: boolean;
-    /** The code did not run (install or files error): no new state. */
-    notRun?: boolean;
-    packages?: string[];
-  };
-  let out: RunnerOut;
-  try {
-    out = JSON.parse(header.out);
-  } catch {
-    return errorResult(
-      base,
-      "crash",
-      endMessage("crash", ctx.call, "the result could not be read"),
-      time(),
-    );
-  }
+  // Checked by SandboxChild.call: a malformed header never gets here.
+  const header = outcome.frame.json as ResultHeader;
+  const out: RunnerOut = header.out;
   const result: CodeExecutionResult & ExtraResultFields = {
     status: out.ok ? "success" : "error",
     ...base,
@@ -1093,26 +1140,6 @@ export interface ExtraResultFields {
   stdoutTruncated: boolean;
   /** Some stderr was dropped because it exceeded `maxOutputBytes`. */
   stderrTruncated: boolean;
-}
-
-function unpackResultFiles(frame: CallOutcome["files"]): ResultFile[] {
-  if (!frame || frame.bin.length < 4) return [];
-  const bin = frame.bin;
-  const length = new DataView(bin.buffer, bin.byteOffset).getUint32(0);
-  const index = JSON.parse(
-    new TextDecoder().decode(bin.subarray(4, 4 + length)),
-  ) as { path: string; size: number; length: number; truncated: boolean }[];
-  let offset = 4 + length;
-  return index.map((entry) => {
-    const content = bin.slice(offset, offset + entry.length);
-    offset += entry.length;
-    return {
-      path: entry.path,
-      size: entry.size,
-      content,
-      truncated: entry.truncated,
-    };
-  });
 }
 
 function errorResult(
@@ -1430,6 +1457,7 @@ export class PyodideSandbox extends BasePyodideSandbox {
         wantState,
         previous: acquired.previous,
         secret: this.settings.sessionSecret,
+        files: fileLimits(this.settings),
       });
     } finally {
       if (release !== "timeout") release();
@@ -1667,7 +1695,14 @@ async function installPackages(
   resolver: PackageResolver,
   args: unknown[],
 ): Promise<string> {
-  const [imports, required, installed] = args as string[][];
+  const checked = checkInstallArgs(args);
+  if (!checked.ok) {
+    return JSON.stringify({
+      ok: false,
+      message: `Invalid install request: ${checked.error}`,
+    });
+  }
+  const [imports, required, installed] = checked.value;
   try {
     if (!resolver.enabled && required.length > 0) {
       throw new InstallError(
@@ -1705,7 +1740,7 @@ async function installPackages(
  */
 async function callHostFunction(
   functions: Record<string, HostFunction>,
-  request: { name: string; args: unknown[] },
+  request: HostCallRequest,
 ): Promise<string> {
   const fn = Object.hasOwn(functions, request.name)
     ? functions[request.name]
@@ -1717,7 +1752,7 @@ async function callHostFunction(
     });
   }
   try {
-    const value = await fn(...(request.args as JsonValue[]));
+    const value = await fn(...request.args);
     const text = JSON.stringify({ ok: true, value: value ?? null });
     if (text.length > MAX_REPLY_BYTES / 2) {
       return JSON.stringify({
@@ -1875,6 +1910,8 @@ export class PyodideSession {
               ? "exceeding the memory limit"
               : outcome.ended === "abort"
               ? "an abort"
+              : outcome.ended === "protocol"
+              ? `a protocol violation (${this.#child.violation})`
               : "a crash"
           }; reopen it from saved sessionBytes`;
         }
@@ -1887,6 +1924,7 @@ export class PyodideSession {
           call,
           child: this.#child,
           wantState: false,
+          files: fileLimits(this.#ctx.settings),
         });
       } finally {
         release();
@@ -1917,11 +1955,11 @@ export class PyodideSession {
             this.#ctx.settings.timeoutSeconds * 1000,
           soft: false,
           maxOutputBytes: 0,
+          maxDisplayBytes: 0,
         },
       );
-      const header = outcome.frame?.json as
-        | { stateError?: string; packages?: string[] }
-        | undefined;
+      // Checked by SandboxChild.call.
+      const header = outcome.frame?.json as SavedHeader | undefined;
       if (!outcome.frame || header?.stateError || !outcome.frame.bin.length) {
         if (!outcome.frame) {
           this.#lost =

@@ -259,6 +259,7 @@ async function childOnce(
         deadline: performance.now() + 120_000,
         soft: false,
         maxOutputBytes: 1 << 20,
+        maxDisplayBytes: 1 << 20,
       },
     );
     const ms = performance.now() - t;

@@ -151,7 +151,7 @@ Deno.test("buildCommand() always disables prompts, remote imports, npm downloads
   assert.ok(!args.slice(0, -1).some((a) => a === runner));
 });
 
-Deno.test("buildCommand() caps the V8 heap and the WebAssembly memory from memoryLimitMb", () => {
+Deno.test("buildCommand() caps the V8 heap and the WebAssembly memory from memoryLimitMb and refuses code from strings", () => {
   const v8 = (args: string[]) => {
     const flags = args.filter((a) => a.startsWith("--v8-flags="));
     assert.equal(flags.length, 1);
@@ -159,10 +159,12 @@ Deno.test("buildCommand() caps the V8 heap and the WebAssembly memory from memor
   };
   const base = new BasePyodideSandbox();
   assert.deepEqual(v8(base.buildCommand().args).sort(), [
+    "--disallow-code-generation-from-strings",
     "--max-old-space-size=512",
     `--wasm-max-mem-pages=${512 * 16}`,
   ]);
   assert.deepEqual(v8(base.buildCommand(128).args).sort(), [
+    "--disallow-code-generation-from-strings",
     "--max-old-space-size=128",
     `--wasm-max-mem-pages=${128 * 16}`,
   ]);
