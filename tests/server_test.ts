@@ -82,7 +82,9 @@ Deno.test({
     maxConcurrency: 2,
     maxQueue: 1,
     maxSessions: 2,
-    maxTimeoutSeconds: 5,
+    // Generous: a queued call waits for two slow ones and then starts a
+    // child, which takes seconds on a loaded machine.
+    maxTimeoutSeconds: 30,
   }));
   // A second handler on the same sandbox, with tight limits and a base path.
   const tight = serve(createHandler({
