@@ -8,23 +8,22 @@
 import { concatBytes } from "./_bytes.ts";
 import type { MimeBundle } from "./result.ts";
 import {
-  encodeToChild,
-  FRAME_MAGIC,
-  INSTALL_CALL,
-  NONCE_BYTES,
-  ToChild,
-  ToParent,
-} from "./runner.ts";
-import {
   checkDisplay,
   checkHostCall,
   checkResultHeader,
   checkSavedHeader,
+  encodeToChild,
   fatalMessage,
+  FRAME_MAGIC,
   frameCaps,
   type FrameLimits,
   type HostCallRequest,
+  type InitRequest,
+  INSTALL_CALL,
   MAX_PENDING_CALLS,
+  NONCE_BYTES,
+  ToChild,
+  ToParent,
 } from "./_protocol.ts";
 
 /** Grace between SIGTERM and SIGKILL. */
@@ -35,6 +34,16 @@ const WATCHDOG_MS = 50;
 export const SOFT_INTERRUPT_GRACE_MS = 1000;
 /** Diagnostic stderr of the child kept for crash messages. */
 const DIAG_CAP = 16 * 1024;
+
+/** How {@linkcode SandboxChild.kill} ends a child. */
+export interface KillOptions {
+  /**
+   * Send SIGKILL at once instead of SIGTERM then SIGKILL.
+   *
+   * @default {false}
+   */
+  hard?: boolean;
+}
 
 /** One frame received from the child. */
 export interface Frame {
@@ -215,15 +224,9 @@ export interface ChildSpec {
 }
 
 /** What the runner is told before it loads Pyodide. */
-export interface ChildInit {
-  mode: "serve" | "snapshot";
-  snapshotPath?: string;
+export interface ChildInit extends InitRequest {
   /** Packed session state to restore instead of the base snapshot. */
   state?: Uint8Array;
-  oneShot: boolean;
-  revokeRead?: string[];
-  /** Warm the call path before reporting ready (pooled children). */
-  warm?: boolean;
 }
 
 /** Why a call ended without a result frame. */
@@ -391,13 +394,17 @@ export class SandboxChild {
     initBin.set(nonce, 0);
     if (init.state) initBin.set(init.state, NONCE_BYTES);
     this.#stdin.write(
-      encodeToChild(ToChild.init, {
-        mode: init.mode,
-        snapshotPath: init.snapshotPath,
-        oneShot: init.oneShot,
-        revokeRead: init.revokeRead,
-        warm: init.warm,
-      }, initBin),
+      encodeToChild(
+        ToChild.init,
+        {
+          mode: init.mode,
+          snapshotPath: init.snapshotPath,
+          oneShot: init.oneShot,
+          revokeRead: init.revokeRead,
+          warm: init.warm,
+        } satisfies InitRequest,
+        initBin,
+      ),
     ).catch(() => {});
     initBin.fill(0);
     this.#readStdout();
@@ -450,7 +457,20 @@ export class SandboxChild {
     return this.#exitCode !== undefined;
   }
 
-  /** Settles with the exit code once the process is gone and cleaned up. */
+  /**
+   * Settles with the exit code once the process is gone (its working folder
+   * may still be there: {@linkcode cleanup} removes it).
+   */
+  get whenExited(): Promise<number> {
+    return this.#exited;
+  }
+
+  /**
+   * The old name of {@linkcode whenExited}.
+   *
+   * @deprecated Use {@linkcode whenExited}: this settles on exit, before
+   *   any clean-up.
+   */
   get closed(): Promise<number> {
     return this.#exited;
   }
@@ -534,7 +554,7 @@ export class SandboxChild {
    */
   violate(reason: string): void {
     this.#violation ??= reason;
-    this.kill("protocol", true);
+    this.kill("protocol", { hard: true });
   }
 
   /** Takes the output kept while no call ran. */
@@ -568,12 +588,20 @@ export class SandboxChild {
    * Ends the child for certain: SIGTERM, then SIGKILL after a short grace.
    *
    * @param reason Recorded as the reason a running call ended.
-   * @param hard Send SIGKILL at once (for a child whose work is done).
+   * @param options `hard`: send SIGKILL at once (for a child whose work is
+   *   done). A bare boolean is the old form of `{ hard }`.
    * @returns Settles when the process is gone.
    */
-  kill(reason: EndReason = "exit", hard = false): Promise<number> {
+  kill(reason?: EndReason, options?: KillOptions): Promise<number>;
+  /** @deprecated Pass `{ hard: true }` instead of `true`. */
+  kill(reason: EndReason, hard: boolean): Promise<number>;
+  kill(
+    reason: EndReason = "exit",
+    options: KillOptions | boolean = {},
+  ): Promise<number> {
     if (this.exited) return this.#exited;
     this.#killedFor ??= reason;
+    const hard = typeof options === "boolean" ? options : options.hard;
     const signal = reason === "memory" || hard ? "SIGKILL" : "SIGTERM";
     try {
       this.#process.kill(signal);

@@ -10,8 +10,40 @@ import { join } from "node:path";
 import { PYODIDE_VERSION } from "./runner.ts";
 // The runner's own bytes, through the module graph (checked by the registry's
 // integrity data when imported from one): what a materialized copy in the
-// cache folder must hold before a child runs it.
+// cache folder must hold before a child runs it. One import per file of
+// RUNNER_FILES.
 import RUNNER_SOURCE from "./runner.ts" with { type: "text" };
+import PROTOCOL_SOURCE from "./_protocol.ts" with { type: "text" };
+import SETUP_PY_SOURCE from "./_runner_setup_py.ts" with { type: "text" };
+import CAPTURED_SOURCE from "./_runner_captured.ts" with { type: "text" };
+import CHANNEL_SOURCE from "./_runner_channel.ts" with { type: "text" };
+import FILES_SOURCE from "./_runner_files.ts" with { type: "text" };
+import LOCKDOWN_SOURCE from "./_runner_lockdown.ts" with { type: "text" };
+
+/**
+ * The files the child runs, by name, with their sources: `runner.ts` and
+ * the local files it imports (the child runs with `--no-config`, so it may
+ * import only these, by relative path).
+ */
+const RUNNER_FILES: readonly (readonly [string, string])[] = [
+  ["runner.ts", RUNNER_SOURCE],
+  ["_protocol.ts", PROTOCOL_SOURCE],
+  ["_runner_setup_py.ts", SETUP_PY_SOURCE],
+  ["_runner_captured.ts", CAPTURED_SOURCE],
+  ["_runner_channel.ts", CHANNEL_SOURCE],
+  ["_runner_files.ts", FILES_SOURCE],
+  ["_runner_lockdown.ts", LOCKDOWN_SOURCE],
+];
+
+/**
+ * The names of the files the child runs (`runner.ts` first), copied
+ * together into the cache folder when the module comes from a registry.
+ *
+ * @returns File names relative to this module.
+ */
+export function runnerFileNames(): string[] {
+  return RUNNER_FILES.map(([name]) => name);
+}
 
 /** Pyodide files the child must be able to read to load. */
 export const PYODIDE_FILES = [
@@ -138,7 +170,7 @@ export interface Environment {
   childDenoDir: string;
   /** Absolute path of the runner file. */
   runnerPath: string;
-  /** Hash of the runner source and Pyodide version. */
+  /** Hash of the runner's files and Pyodide version. */
   runnerHash: string;
 }
 
@@ -420,18 +452,32 @@ function runnerFile(
   cacheDir: string,
 ): { runnerPath: string; runnerHash: string } {
   if (RUNNER_URL.protocol === "file:") {
-    const path = decodeURIComponent(RUNNER_URL.pathname);
-    const source = Deno.readTextFileSync(path);
+    // The files on disk are what the child runs (and may differ from the
+    // imported text while someone edits them): hash those.
+    const dir = decodeURIComponent(new URL(".", RUNNER_URL).pathname);
+    const sources = RUNNER_FILES.map(([name]) =>
+      [name, Deno.readTextFileSync(join(dir, name))] as const
+    );
     return {
-      runnerPath: path,
-      runnerHash: fnv(`${PYODIDE_VERSION}\n${source}`),
+      runnerPath: decodeURIComponent(RUNNER_URL.pathname),
+      runnerHash: setHash(sources),
     };
   }
   // Imported from a registry: the child runs with --no-remote and gets a
-  // local copy of the source this module imported, written and checked by
-  // materializeRunner().
-  const runnerHash = fnv(`${PYODIDE_VERSION}\n${RUNNER_SOURCE}`);
-  return { runnerPath: join(cacheDir, `runner-${runnerHash}.ts`), runnerHash };
+  // local copy of the sources this module imported, in a folder of their
+  // own, written and checked by materializeRunner().
+  const runnerHash = setHash(RUNNER_FILES);
+  return {
+    runnerPath: join(cacheDir, `runner-${runnerHash}`, "runner.ts"),
+    runnerHash,
+  };
+}
+
+function setHash(files: readonly (readonly [string, string])[]): string {
+  return fnv(
+    [PYODIDE_VERSION, ...files.map(([name, text]) => `${name}\n${text}`)]
+      .join("\n\0"),
+  );
 }
 
 function fnv(text: string): string {
@@ -446,7 +492,7 @@ function fnv(text: string): string {
   return a.toString(16).padStart(8, "0") + b.toString(16).padStart(8, "0");
 }
 
-let runnerBytes: Uint8Array | undefined;
+let runnerBytes: Map<string, Uint8Array> | undefined;
 
 /** Fingerprints of runner copies whose bytes were compared, by path. */
 const checkedRunners = new Map<string, string>();
@@ -464,19 +510,47 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
 }
 
 /**
- * Makes sure the runner file a child runs holds this module's runner. When
- * the module was imported from a registry, the runner is a copy in the cache
- * folder: its bytes are compared with the source this module imported once
- * per process and again whenever the file's size, mtime or inode changes (so
+ * Makes sure the runner files a child runs hold this module's runner. When
+ * the module was imported from a registry, the runner is a folder of copies
+ * in the cache folder (`runner-<hash>/`, one per file of the set): each
+ * file's bytes are compared with the source this module imported once per
+ * process and again whenever the file's size, mtime or inode changes (so
  * call it before every spawn batch), and it is rewritten atomically when it
- * is missing or differs: a planted `runner-<hash>.ts` never runs.
+ * is missing or differs: a planted runner file never runs.
  *
  * @param env The environment.
  */
 export async function materializeRunner(env: Environment): Promise<void> {
   if (RUNNER_URL.protocol === "file:") return;
-  runnerBytes ??= new TextEncoder().encode(RUNNER_SOURCE);
-  const path = env.runnerPath;
+  runnerBytes ??= new Map(
+    RUNNER_FILES.map(([name, text]) => [name, new TextEncoder().encode(text)]),
+  );
+  const dir = env.runnerPath.slice(0, env.runnerPath.lastIndexOf("/"));
+  await ensureRunnerDir(dir);
+  for (const [name, bytes] of runnerBytes) {
+    await materializeFile(join(dir, name), bytes);
+  }
+}
+
+/** The set's folder: a real folder, never a link or a file planted there. */
+async function ensureRunnerDir(dir: string): Promise<void> {
+  let stat: Deno.FileInfo | undefined;
+  try {
+    stat = await Deno.lstat(dir);
+  } catch {
+    // Missing: created below.
+  }
+  if (stat?.isDirectory) return;
+  if (stat) await Deno.remove(dir, { recursive: true });
+  try {
+    await Deno.mkdir(dir, { mode: 0o700 });
+  } catch (error) {
+    // Another host made it at the same time.
+    if (!(error instanceof Deno.errors.AlreadyExists)) throw error;
+  }
+}
+
+async function materializeFile(path: string, bytes: Uint8Array): Promise<void> {
   let stat: Deno.FileInfo | undefined;
   try {
     stat = await Deno.lstat(path);
@@ -493,8 +567,9 @@ export async function materializeRunner(env: Environment): Promise<void> {
       // Unreadable: rewritten below.
     }
   }
-  if (!current || !sameBytes(current, runnerBytes)) {
-    writeFileAtomicSync(path, runnerBytes);
+  if (!current || !sameBytes(current, bytes)) {
+    if (stat && !stat.isFile) await Deno.remove(path, { recursive: true });
+    writeFileAtomicSync(path, bytes);
   }
   checkedRunners.set(path, runnerFingerprint(await Deno.lstat(path)));
 }

@@ -17,7 +17,8 @@ import {
   snapshotPath,
   writeFileAtomicSync,
 } from "./_setup.ts";
-import { PYODIDE_VERSION, ToParent } from "./runner.ts";
+import { PYODIDE_VERSION } from "./runner.ts";
+import { ToParent } from "./_protocol.ts";
 import { buildPermissionFlag } from "./permissions.ts";
 
 interface SnapshotRecord {

@@ -1,5 +1,5 @@
 /**
- * Helpers of the attack battery (`tests/security_test.ts`): a Python
+ * Helpers of the attack battery (`tests/security_*_test.ts`): a Python
  * prelude that runs many attacks in one execution and reports each one, a
  * host fixture with a canary file and a secret environment variable, a
  * loopback server that records every connection, witnesses (other

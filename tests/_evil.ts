@@ -21,6 +21,30 @@ import { TEST_DENO_PATH } from "./_helpers.ts";
 
 export type { Bin, Op };
 
+/**
+ * The cache folder of this test module's sandboxes and hosts: its own, so no
+ * other host's snapshot or Deno folder is shared, and its snapshot is built
+ * here, before any test times a call.
+ */
+export const EVIL_CACHE_DIR: string = Deno.env.get("PSB_EVIL_CACHE_DIR") ??
+  await Deno.makeTempDir({ prefix: "pysb-evil-cache-" });
+if (!Deno.env.get("PSB_EVIL_CACHE_DIR")) {
+  globalThis.addEventListener("unload", () => {
+    try {
+      Deno.removeSync(EVIL_CACHE_DIR, { recursive: true });
+    } catch {
+      // Already gone.
+    }
+  });
+  const builder = new PyodideSandbox({
+    cacheDir: EVIL_CACHE_DIR,
+    poolSize: 0,
+    denoPath: TEST_DENO_PATH,
+  });
+  await builder.warmup();
+  await builder.close();
+}
+
 /** Absolute path of the compromised child program. */
 export const EVIL_CHILD: string = fromFileUrl(
   new URL("./_fixtures/evil_child.ts", import.meta.url),
@@ -67,6 +91,7 @@ export function evilSandbox(options: SandboxOptions = {}): EvilSandbox {
   return new EvilSandbox({
     poolSize: 0,
     denoPath: TEST_DENO_PATH,
+    cacheDir: EVIL_CACHE_DIR,
     timeoutSeconds: 10,
     ...options,
   });
@@ -258,6 +283,8 @@ export async function runHost(
 ): Promise<HostReport> {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", EVIL_HOST, JSON.stringify(plan)],
+    // The host process shares this module's cache folder (and snapshot).
+    env: { PSB_EVIL_CACHE_DIR: EVIL_CACHE_DIR },
     stdout: "piped",
     stderr: "piped",
   }).spawn();

@@ -35,8 +35,8 @@ const PLANTED = 'console.error("PLANTED RUNNER RAN"); Deno.exit(3);';
 for (let i = 0; i < ${rounds}; i++) {
   if (i > 0 && mode === "plant") {
     for (const entry of Deno.readDirSync(cacheDir)) {
-      if (!/^runner-.*\\.ts$/.test(entry.name)) continue;
-      const path = cacheDir + "/" + entry.name;
+      if (!/^runner-[0-9a-f]+$/.test(entry.name)) continue;
+      const path = cacheDir + "/" + entry.name + "/runner.ts";
       const stat = Deno.statSync(path);
       const text = PLANTED + " ".repeat(Math.max(0, stat.size - PLANTED.length));
       Deno.writeTextFileSync(path, text);
@@ -246,7 +246,7 @@ function serveModule(): { url: string; close: () => Promise<void> } {
 function runnerCopies(cacheDir: string): string[] {
   return [...Deno.readDirSync(cacheDir)]
     .map((e) => e.name)
-    .filter((n) => /^runner-.*\.ts$/.test(n));
+    .filter((n) => /^runner-[0-9a-f]+$/.test(n));
 }
 
 Deno.test("PyodideSandbox imported from a registry replaces a planted runner file and never runs it", async () => {
@@ -266,7 +266,7 @@ Deno.test("PyodideSandbox imported from a registry replaces a planted runner fil
       assertAllSucceeded(first, 2, "first host");
       const [name] = runnerCopies(cacheDir);
       assert.ok(name, "the runner was copied into the cache folder");
-      const path = join(cacheDir, name);
+      const path = join(cacheDir, name, "runner.ts");
       assert.deepEqual(await Deno.readFile(path), original);
       await Deno.writeTextFile(
         path,

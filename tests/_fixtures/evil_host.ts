@@ -18,6 +18,7 @@ import {
   SyncPyodideSandbox,
 } from "../../mod.ts";
 import {
+  EVIL_CACHE_DIR,
   evilDenoPath,
   evilSandbox,
   RESULT,
@@ -84,7 +85,12 @@ async function runAsync(plan: HostPlan, check: string): Promise<void> {
   };
   const sandbox = plan.kind === "evil"
     ? evilSandbox(options)
-    : new PyodideSandbox({ poolSize: 0, denoPath: TEST_DENO_PATH, ...options });
+    : new PyodideSandbox({
+      poolSize: 0,
+      denoPath: TEST_DENO_PATH,
+      cacheDir: EVIL_CACHE_DIR,
+      ...options,
+    });
   try {
     const session = plan.session ? await sandbox.openSession() : undefined;
     const exec = (code: string, o?: ExecuteOptions) =>
@@ -114,6 +120,7 @@ function runSync(plan: HostPlan, check: string): void {
   if (evil) Deno.env.set("PSB_EVIL", "1");
   const sandbox = new SyncPyodideSandbox({
     poolSize: 0,
+    cacheDir: EVIL_CACHE_DIR,
     denoPath: evil ? evilDenoPath(dir) : TEST_DENO_PATH,
     ...(evil ? { allowEnv: ["PSB_EVIL"] } : {}),
     ...plan.options,
