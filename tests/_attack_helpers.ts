@@ -1,5 +1,5 @@
 /**
- * Helpers of the attack battery (`tests/security_*_test.ts`): a Python
+ * Helpers of the attack battery (`tests/security_test.ts`): a Python
  * prelude that runs many attacks in one execution and reports each one, a
  * host fixture with a canary file and a secret environment variable, a
  * loopback server that records every connection, witnesses (other
@@ -224,7 +224,11 @@ export async function createHostFixture(): Promise<HostFixture> {
   await Deno.writeTextFile(canaryPath, canaryText);
   const modulePath = `${dir}/host_module.js`;
   await Deno.writeTextFile(modulePath, `export default "${canaryText}";\n`);
-  const secretName = "PYSB_SECURITY_CANARY_SECRET";
+  // One name per fixture: the battery's modules run at once in one process
+  // (deno test --parallel) and share its environment.
+  const secretName = `PYSB_SECURITY_CANARY_SECRET_${
+    crypto.randomUUID().replaceAll("-", "")
+  }`;
   const secretValue = `env-secret-${crypto.randomUUID()}`;
   Deno.env.set(secretName, secretValue);
   return {
