@@ -28,6 +28,8 @@ import {
 
 /** Grace between SIGTERM and SIGKILL. */
 const KILL_GRACE_MS = 250;
+/** How long a call that ended waits for output still in the pipe. */
+const DRAIN_MS = 1000;
 /** How often the memory watchdog samples the child's RSS. */
 const WATCHDOG_MS = 50;
 /** How long a soft interrupt may take before the child is killed. */
@@ -357,6 +359,7 @@ export class SandboxChild {
   #killedFor?: EndReason;
   #exitCode?: number;
   #exited: Promise<number>;
+  #stdoutDone: Promise<void>;
   #exitListeners = new Set<() => void>();
   /** Settles when the child has loaded Pyodide (or failed to). */
   readonly ready: Promise<Frame>;
@@ -407,7 +410,7 @@ export class SandboxChild {
       ),
     ).catch(() => {});
     initBin.fill(0);
-    this.#readStdout();
+    this.#stdoutDone = this.#readStdout();
     this.#readStderr();
     this.#exited = this.#process.status.then((status) => {
       this.#exitCode = status.code;
@@ -637,6 +640,20 @@ export class SandboxChild {
     await this.cleanup();
   }
 
+  /**
+   * Settles when the stdout pipe has been read to its end (frames written
+   * before the exit are dispatched), or after a bounded wait.
+   */
+  #drained(): Promise<void> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const bound = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, DRAIN_MS);
+    });
+    return Promise.race([this.#stdoutDone, bound]).finally(() =>
+      clearTimeout(timer)
+    );
+  }
+
   /** Removes the working folder once the process is gone. */
   async cleanup(): Promise<void> {
     await this.#exited;
@@ -686,18 +703,24 @@ export class SandboxChild {
         this.#listener = undefined;
         resolve(state.outcome(frame, ended, this.#exitCode));
       };
+      // Once the call is given up, output still in the pipe is read (the
+      // user sees what was printed before the end) but a late reply is not.
+      let ending = false;
       const endBy = (reason: EndReason) => {
-        this.kill(reason).then(() =>
+        ending = true;
+        this.kill(reason).then(() => this.#drained()).then(() =>
           finish(undefined, this.#killedFor ?? reason)
         );
       };
       const onAbort = () => endBy("abort");
-      // Let frames already read be dispatched before giving up.
       const onExit = () =>
-        setTimeout(() => finish(undefined, this.#killedFor ?? "exit"), 0);
+        this.#drained().then(() =>
+          finish(undefined, this.#killedFor ?? "exit")
+        );
       this.#exitListeners.add(onExit);
       this.#listener = (frame: Frame) => {
         if (frame.type !== replyType) return state.handle(frame);
+        if (ending) return;
         const checked = replyType === ToParent.result
           ? checkResultHeader(frame.json)
           : replyType === ToParent.saved

@@ -1465,10 +1465,11 @@ export class PyodideSandbox extends BasePyodideSandbox {
         // The work is done and the result is in hand: SIGKILL is certain
         // and immediate (no graceful shutdown to wait for), and waiting for
         // the reap keeps the promise that no child outlives the call.
-        await child.kill("exit", true);
+        await child.kill("exit", { hard: true });
+        await child.cleanup();
       } else if (child) {
         child.kill();
-        await child.closed;
+        await child.cleanup();
       }
       if (refillTimer !== undefined) {
         clearTimeout(refillTimer);

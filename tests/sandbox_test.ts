@@ -224,6 +224,9 @@ Deno.test("PyodideSandbox.execute() uses the sandbox's timeoutSeconds by default
 
 Deno.test("PyodideSandbox.execute() ends a child that ignores SIGTERM and leaks no process after timeouts", async () => {
   await withSandbox({}, async (sandbox) => {
+    // The timeout covers start-up: start the child first, so the code runs
+    // (and prints) well inside it even on a loaded machine.
+    await sandbox.warmup();
     const result = await sandbox.execute(
       `import js
 from pyodide.ffi import create_proxy
@@ -232,7 +235,7 @@ js.Deno.addSignalListener("SIGINT", create_proxy(lambda: None))
 print("ignoring SIGTERM", flush=True)
 while True:
     pass`,
-      { timeoutSeconds: 2 },
+      { timeoutSeconds: 4 },
     );
     assertError(result, "timeout");
     assert.equal(result.stdout, "ignoring SIGTERM\n");
