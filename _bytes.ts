@@ -81,3 +81,21 @@ export function toShared(bytes: Uint8Array): SharedArrayBuffer {
 export function fromShared(shared: SharedArrayBuffer): Uint8Array {
   return new Uint8Array(shared).slice();
 }
+
+/**
+ * A 64-bit FNV-1a hash as 16 hex digits: a cache key, never a security check.
+ *
+ * @param text The text to hash.
+ * @returns 16 lowercase hex digits.
+ */
+export function fnv(text: string): string {
+  // Two FNV-1a passes with different seeds: a cache key, not a security check.
+  let a = 0x811c9dc5;
+  let b = 0x01000193 ^ 0x5bd1e995;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    a = Math.imul(a ^ c, 0x01000193) >>> 0;
+    b = Math.imul(b ^ c, 0x5bd1e995) >>> 0;
+  }
+  return a.toString(16).padStart(8, "0") + b.toString(16).padStart(8, "0");
+}

@@ -5,26 +5,29 @@
  * @module
  */
 
-import { concatBytes } from "./_bytes.ts";
-import type { MimeBundle } from "./result.ts";
 import {
-  checkDisplay,
-  checkHostCall,
-  checkResultHeader,
-  checkSavedHeader,
   encodeToChild,
-  fatalMessage,
-  FRAME_MAGIC,
-  frameCaps,
-  type FrameLimits,
-  type HostCallRequest,
   type InitRequest,
-  INSTALL_CALL,
-  MAX_PENDING_CALLS,
   NONCE_BYTES,
   ToChild,
   ToParent,
 } from "./_protocol.ts";
+import {
+  checkResultHeader,
+  checkSavedHeader,
+  type FrameLimits,
+} from "./_protocol_checks.ts";
+import { type Frame, FrameParser } from "./_frame_parser.ts";
+import {
+  type CallOptions,
+  type CallOutcome,
+  type EndReason,
+  IdleOutput,
+  RunningCall,
+} from "./_running_call.ts";
+
+export type { Frame } from "./_frame_parser.ts";
+export type { CallOptions, CallOutcome, EndReason } from "./_running_call.ts";
 
 /** Grace between SIGTERM and SIGKILL. */
 const KILL_GRACE_MS = 250;
@@ -45,166 +48,6 @@ export interface KillOptions {
    * @default {false}
    */
   hard?: boolean;
-}
-
-/** One frame received from the child. */
-export interface Frame {
-  type: number;
-  json: unknown;
-  bin: Uint8Array;
-  /** Length of the JSON header in bytes. */
-  jsonBytes: number;
-}
-
-/** Caps a child's frames are held to when no sandbox settings apply. */
-const DEFAULT_LIMITS: FrameLimits = {
-  stateBytes: 8 * 1024 ** 3,
-  maxDisplayBytes: 16 * 1024 * 1024,
-  maxTotalFileBytes: 256 * 1024 * 1024,
-};
-
-/**
- * Splits the child's stdout into frames. Bytes that are not a frame carrying
- * this child's nonce (anything untrusted code wrote to the real stdout) are
- * dropped. A frame carrying the nonce that breaks the protocol (an unknown
- * type, lengths over the caps of its type, a wrong trailer, bad JSON) is a
- * violation: parsing stops for good and {@linkcode violation} says why. The
- * caps are checked on the 9-byte header, so an oversized frame is refused
- * before its body is buffered.
- */
-export class FrameParser {
-  #marker: Uint8Array;
-  #nonce: Uint8Array;
-  #limits: FrameLimits;
-  /** Bytes received and not yet parsed, and their total length. */
-  #chunks: Uint8Array[] = [];
-  #size = 0;
-  /** Bytes needed (from the first kept byte) before parsing again. */
-  #need = 0;
-  strayBytes = 0;
-  /** Why the child broke the protocol, once it did. */
-  violation?: string;
-
-  constructor(nonce: Uint8Array, limits: FrameLimits = DEFAULT_LIMITS) {
-    this.#nonce = nonce;
-    this.#limits = limits;
-    this.#marker = new Uint8Array(FRAME_MAGIC.length + NONCE_BYTES);
-    this.#marker.set(FRAME_MAGIC, 0);
-    this.#marker.set(nonce, FRAME_MAGIC.length);
-  }
-
-  push(chunk: Uint8Array): Frame[] {
-    if (this.violation !== undefined) return [];
-    // Chunks are only joined once enough bytes for the pending frame have
-    // arrived, and frames are cut by offset: a big frame arriving in many
-    // chunks costs linear, not quadratic, time and memory.
-    this.#chunks.push(chunk);
-    this.#size += chunk.length;
-    if (this.#size < this.#need) return [];
-    const buf = this.#chunks.length === 1
-      ? this.#chunks[0]
-      : concatBytes(this.#chunks);
-    const frames: Frame[] = [];
-    const marker = this.#marker;
-    let pos = 0;
-    let need = 0;
-    for (;;) {
-      const at = indexOf(buf, marker, pos);
-      if (at < 0) {
-        // Keep a possible partial marker at the end; drop the rest.
-        const keep = Math.min(buf.length - pos, marker.length - 1);
-        this.strayBytes += buf.length - pos - keep;
-        pos = buf.length - keep;
-        break;
-      }
-      this.strayBytes += at - pos;
-      pos = at;
-      const start = at + marker.length;
-      if (buf.length < start + 9) {
-        need = start + 9 - at;
-        break;
-      }
-      const view = new DataView(buf.buffer, buf.byteOffset + start, 9);
-      const type = view.getUint8(0);
-      const jsonLength = view.getUint32(1);
-      const binLength = view.getUint32(5);
-      const wrong = this.#checkHeader(type, jsonLength, binLength);
-      if (wrong) return this.#stop(wrong, frames);
-      const end = start + 9 + jsonLength + binLength + NONCE_BYTES;
-      if (buf.length < end) {
-        need = end - at;
-        break;
-      }
-      const trailer = buf.subarray(end - NONCE_BYTES, end);
-      if (!equalBytes(trailer, this.#nonce)) {
-        return this.#stop(
-          `a frame of type ${type} has a wrong trailer`,
-          frames,
-        );
-      }
-      let json: unknown;
-      try {
-        json = JSON.parse(
-          new TextDecoder("utf-8", { fatal: true }).decode(
-            buf.subarray(start + 9, start + 9 + jsonLength),
-          ),
-        );
-      } catch {
-        return this.#stop(`a frame of type ${type} has no valid JSON`, frames);
-      }
-      const bin = buf.slice(start + 9 + jsonLength, end - NONCE_BYTES);
-      frames.push({ type, json, bin, jsonBytes: jsonLength });
-      pos = end;
-    }
-    const rest = buf.slice(pos);
-    this.#chunks = rest.length > 0 ? [rest] : [];
-    this.#size = rest.length;
-    this.#need = need;
-    return frames;
-  }
-
-  #checkHeader(type: number, json: number, bin: number): string | undefined {
-    const caps = frameCaps(type, this.#limits);
-    if (!caps) return `unknown frame type ${type}`;
-    if (json > caps.json) {
-      return `a frame of type ${type} declares ${json} header bytes (at most ${caps.json})`;
-    }
-    if (bin > caps.bin) {
-      return `a frame of type ${type} declares ${bin} attached bytes (at most ${caps.bin})`;
-    }
-    return undefined;
-  }
-
-  /** Records a violation; frames before it still count. */
-  #stop(reason: string, frames: Frame[]): Frame[] {
-    this.violation = reason;
-    this.#chunks = [];
-    this.#size = 0;
-    return frames;
-  }
-}
-
-function indexOf(
-  haystack: Uint8Array,
-  needle: Uint8Array,
-  from = 0,
-): number {
-  const first = needle[0];
-  const last = haystack.length - needle.length;
-  for (let i = haystack.indexOf(first, from); i >= 0 && i <= last;) {
-    let j = 1;
-    while (j < needle.length && haystack[i + j] === needle[j]) j++;
-    if (j === needle.length) return i;
-    i = haystack.indexOf(first, i + 1);
-  }
-  return -1;
-}
-
-function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  let diff = 0;
-  for (let i = 0; i < a.length; i++) diff |= a[i] ^ b[i];
-  return diff === 0;
 }
 
 /** How the child is started. */
@@ -229,116 +72,6 @@ export interface ChildSpec {
 export interface ChildInit extends InitRequest {
   /** Packed session state to restore instead of the base snapshot. */
   state?: Uint8Array;
-}
-
-/** Why a call ended without a result frame. */
-export type EndReason = "timeout" | "memory" | "exit" | "abort" | "protocol";
-
-/** What a call to the child produced. */
-export interface CallOutcome {
-  /** The result frame, when one arrived. */
-  frame?: Frame;
-  /** Set when no result frame arrived. */
-  ended?: EndReason;
-  stdout: string;
-  stderr: string;
-  stdoutTruncated: boolean;
-  stderrTruncated: boolean;
-  stdoutBytes: number;
-  stderrBytes: number;
-  /** The child's exit code, when it exited. */
-  exitCode?: number;
-  /** A soft interrupt was sent because the deadline passed. */
-  interrupted: boolean;
-  /** MIME bundles the code displayed, in order (checked, within caps). */
-  displays: MimeBundle[];
-  /** The files frame (index in `json`, contents in `bin`), if any. */
-  files?: Frame;
-}
-
-/** Per-call settings of {@linkcode SandboxChild.call}. */
-export interface CallOptions {
-  /** `performance.now()` value at which the call times out. */
-  deadline: number;
-  /** Interrupt Python first and kill only if it does not stop. */
-  soft: boolean;
-  signal?: AbortSignal;
-  maxOutputBytes: number;
-  onStdout?: (text: string) => void;
-  onStderr?: (text: string) => void;
-  /** Total bytes of displays kept; the rest is dropped with a note. */
-  maxDisplayBytes: number;
-  /** Receives each display as it arrives. */
-  onDisplay?: (bundle: MimeBundle) => void;
-  /**
-   * Answers a checked host-function call; resolves to the reply JSON text.
-   * It may throw or reject: the child then gets an error reply.
-   */
-  onCall?: (request: HostCallRequest) => Promise<string>;
-}
-
-/** Stream output that arrived while no call was running. */
-class IdleOutput {
-  #max: number;
-  chunks: { type: number; bin: Uint8Array }[] = [];
-  kept = [0, 0];
-  truncated = [false, false];
-
-  constructor(max: number) {
-    this.#max = max;
-  }
-
-  push(type: number, bin: Uint8Array): void {
-    const i = type === ToParent.stdout ? 0 : 1;
-    const room = this.#max - this.kept[i];
-    if (bin.length > room) this.truncated[i] = true;
-    if (room <= 0) return;
-    const part = bin.length > room ? bin.slice(0, room) : bin;
-    this.kept[i] += part.length;
-    this.chunks.push({ type, bin: part });
-  }
-}
-
-class OutputCollector {
-  #decoder = new TextDecoder();
-  #max: number;
-  #onText?: (text: string) => void;
-  text = "";
-  bytes = 0;
-  kept = 0;
-  truncated = false;
-
-  constructor(max: number, onText?: (text: string) => void) {
-    this.#max = max;
-    this.#onText = onText;
-  }
-
-  push(chunk: Uint8Array): void {
-    this.bytes += chunk.length;
-    if (this.kept >= this.#max) {
-      this.truncated = true;
-      return;
-    }
-    let part = chunk;
-    if (this.kept + chunk.length > this.#max) {
-      part = chunk.subarray(0, this.#max - this.kept);
-      this.truncated = true;
-    }
-    this.kept += part.length;
-    const text = this.#decoder.decode(part, { stream: true });
-    if (text) {
-      this.text += text;
-      this.#onText?.(text);
-    }
-  }
-
-  finish(): void {
-    const text = this.#decoder.decode();
-    if (text) {
-      this.text += text;
-      this.#onText?.(text);
-    }
-  }
 }
 
 /**
@@ -421,6 +154,12 @@ export class SandboxChild {
       return status.code;
     });
     if (spec.rssLimitBytes > 0) this.#startWatchdog(spec.rssLimitBytes);
+    // A one-shot child runs nothing between ready and its one request (no
+    // user code has run), so its memory cannot grow: an idle pooled child
+    // costs the host no /proc reads. The first frame sent restarts it.
+    if (init.oneShot && this.#watchdog !== undefined) {
+      this.#pauseUntilSent = () => this.#startWatchdog(spec.rssLimitBytes);
+    }
     let resolveReady!: (frame: Frame) => void;
     let rejectReady!: (error: Error) => void;
     this.ready = new Promise<Frame>((resolve, reject) => {
@@ -436,7 +175,18 @@ export class SandboxChild {
       )
     );
     this.ready.catch(() => {});
+    this.ready.then(() => {
+      if (this.#pauseUntilSent && !this.#sentAny) {
+        clearInterval(this.#watchdog);
+        this.#watchdog = undefined;
+      }
+    }, () => {});
   }
+
+  /** Restarts a paused watchdog (see the constructor). */
+  #pauseUntilSent?: () => void;
+  /** Whether a frame was sent after the init frame. */
+  #sentAny = false;
 
   /**
    * Spawns a child in a fresh, empty temporary working folder.
@@ -465,16 +215,6 @@ export class SandboxChild {
    * may still be there: {@linkcode cleanup} removes it).
    */
   get whenExited(): Promise<number> {
-    return this.#exited;
-  }
-
-  /**
-   * The old name of {@linkcode whenExited}.
-   *
-   * @deprecated Use {@linkcode whenExited}: this settles on exit, before
-   *   any clean-up.
-   */
-  get closed(): Promise<number> {
     return this.#exited;
   }
 
@@ -592,20 +332,16 @@ export class SandboxChild {
    *
    * @param reason Recorded as the reason a running call ended.
    * @param options `hard`: send SIGKILL at once (for a child whose work is
-   *   done). A bare boolean is the old form of `{ hard }`.
+   *   done).
    * @returns Settles when the process is gone.
    */
-  kill(reason?: EndReason, options?: KillOptions): Promise<number>;
-  /** @deprecated Pass `{ hard: true }` instead of `true`. */
-  kill(reason: EndReason, hard: boolean): Promise<number>;
   kill(
     reason: EndReason = "exit",
-    options: KillOptions | boolean = {},
+    options: KillOptions = {},
   ): Promise<number> {
     if (this.exited) return this.#exited;
     this.#killedFor ??= reason;
-    const hard = typeof options === "boolean" ? options : options.hard;
-    const signal = reason === "memory" || hard ? "SIGKILL" : "SIGTERM";
+    const signal = reason === "memory" || options.hard ? "SIGKILL" : "SIGTERM";
     try {
       this.#process.kill(signal);
     } catch {
@@ -668,6 +404,12 @@ export class SandboxChild {
    * @param bin Attachment.
    */
   send(type: number, json: unknown, bin?: Uint8Array): void {
+    if (!this.#sentAny) {
+      this.#sentAny = true;
+      if (this.#watchdog === undefined && !this.exited) {
+        this.#pauseUntilSent?.();
+      }
+    }
     this.#stdin.write(encodeToChild(type, json, bin)).catch(() => {});
   }
 
@@ -745,185 +487,6 @@ export class SandboxChild {
       if (this.exited) return;
       this.send(type, json, bin);
     });
-  }
-}
-
-/**
- * The host's side of one call: output collectors, checked displays, the
- * files frame and the host-call queue. Frames other than the reply go
- * through {@linkcode handle}, which never throws.
- */
-class RunningCall {
-  #child: SandboxChild;
-  #options: CallOptions;
-  #out: OutputCollector;
-  #err: OutputCollector;
-  #displays: MimeBundle[] = [];
-  #displayBytes = 0;
-  #files?: Frame;
-  #calls: unknown[] = [];
-  #answering = false;
-  settled = false;
-  interrupted = false;
-
-  constructor(child: SandboxChild, options: CallOptions, idle: IdleOutput) {
-    this.#child = child;
-    this.#options = options;
-    this.#out = new OutputCollector(options.maxOutputBytes, options.onStdout);
-    this.#err = new OutputCollector(options.maxOutputBytes, options.onStderr);
-    for (const { type, bin } of idle.chunks) {
-      (type === ToParent.stdout ? this.#out : this.#err).push(bin);
-    }
-    if (idle.truncated[0]) this.#out.truncated = true;
-    if (idle.truncated[1]) this.#err.truncated = true;
-  }
-
-  /**
-   * Takes one frame that is not the reply.
-   *
-   * @param frame The frame (already checked against its type's caps).
-   */
-  handle(frame: Frame): void {
-    switch (frame.type) {
-      case ToParent.stdout:
-        return this.#out.push(frame.bin);
-      case ToParent.stderr:
-        return this.#err.push(frame.bin);
-      case ToParent.display:
-        return this.#display(frame);
-      case ToParent.files:
-        if (this.#files) {
-          return this.#child.violate("a second files frame in one call");
-        }
-        this.#files = frame;
-        return;
-      case ToParent.call:
-        return this.#queueCall(frame.json);
-      case ToParent.fatal:
-        return this.note(
-          `Sandbox runtime error: ${fatalMessage(frame.json)}`,
-        );
-    }
-    // ready, snapshot, a stray saved or result frame: nothing to do.
-  }
-
-  /**
-   * Adds a line of the host's own to the call's stderr.
-   *
-   * @param text The line, without its newline.
-   */
-  note(text: string): void {
-    this.#err.push(new TextEncoder().encode(`${text}\n`));
-  }
-
-  #display(frame: Frame): void {
-    const checked = checkDisplay(frame.json);
-    if (!checked.ok) return this.note(`Dropped a display: ${checked.error}`);
-    const max = this.#options.maxDisplayBytes;
-    if (this.#displayBytes + frame.jsonBytes > max) {
-      return this.note(`Dropped a display: over maxDisplayBytes (${max})`);
-    }
-    this.#displayBytes += frame.jsonBytes;
-    this.#displays.push(checked.value);
-    this.#options.onDisplay?.(checked.value);
-  }
-
-  #queueCall(json: unknown): void {
-    if (this.#calls.length + (this.#answering ? 1 : 0) >= MAX_PENDING_CALLS) {
-      return this.#child.violate(
-        `more than ${MAX_PENDING_CALLS} host calls are waiting`,
-      );
-    }
-    this.#calls.push(json);
-    this.#nextCall();
-  }
-
-  /** Answers queued host calls one at a time; never rejects. */
-  #nextCall(): void {
-    if (this.#answering || this.#calls.length === 0) return;
-    this.#answering = true;
-    const json = this.#calls.shift();
-    answerCall(json, this.#options.onCall).then((reply) => {
-      if (!this.settled) this.#child.send(ToChild.callReply, reply);
-    }).finally(() => {
-      this.#answering = false;
-      this.#nextCall();
-    });
-  }
-
-  /**
-   * What the call produced.
-   *
-   * @param frame The checked reply frame, if one arrived.
-   * @param ended Why it ended without one.
-   * @param exitCode The child's exit code, if it exited.
-   * @returns The outcome.
-   */
-  outcome(
-    frame: Frame | undefined,
-    ended: EndReason | undefined,
-    exitCode: number | undefined,
-  ): CallOutcome {
-    this.#out.finish();
-    this.#err.finish();
-    return {
-      frame,
-      ended,
-      stdout: this.#out.text,
-      stderr: this.#err.text,
-      stdoutTruncated: this.#out.truncated,
-      stderrTruncated: this.#err.truncated,
-      stdoutBytes: this.#out.bytes,
-      stderrBytes: this.#err.bytes,
-      exitCode,
-      interrupted: this.interrupted,
-      displays: this.#displays,
-      files: this.#files,
-    };
-  }
-}
-
-/**
- * The reply to one host-call frame. A malformed request, a missing handler
- * or a handler that throws or rejects gives an error reply: nothing the
- * child sends can make this reject.
- *
- * @param json The call frame's header, unchecked.
- * @param onCall The sandbox's dispatcher.
- * @returns The reply header.
- */
-async function answerCall(
-  json: unknown,
-  onCall: CallOptions["onCall"],
-): Promise<{ ok: boolean; value?: unknown; message?: string }> {
-  const checked = checkHostCall(json);
-  if (!checked.ok) {
-    const install = json !== null && typeof json === "object" &&
-      (json as { name?: unknown }).name === INSTALL_CALL;
-    return {
-      ok: false,
-      message: `Invalid ${
-        install ? "install" : "host call"
-      } request: ${checked.error}`,
-    };
-  }
-  if (!onCall) {
-    return {
-      ok: false,
-      message: `No host function named ${checked.value.name}`,
-    };
-  }
-  try {
-    const reply = JSON.parse(await onCall(checked.value));
-    if (reply !== null && typeof reply === "object") return reply;
-    return { ok: false, message: "The host call gave no reply" };
-  } catch (error) {
-    return {
-      ok: false,
-      message: `The host call failed: ${
-        error instanceof Error ? error.message : String(error)
-      }`,
-    };
   }
 }
 

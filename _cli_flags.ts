@@ -290,6 +290,110 @@ export function fail(message: string, code: number): never {
   Deno.exit(code);
 }
 
+/** Where the code of a `python`-like command line comes from. */
+export type PythonSource =
+  | { kind: "code"; code: string }
+  | { kind: "file"; path: string }
+  | { kind: "stdin" };
+
+/** What {@linkcode splitPythonArgs} returns. */
+export interface PythonCommandLine {
+  /** The runner's own flags, in order, for {@linkcode parseSandboxFlags}. */
+  flags: string[];
+  /** The code: `-c CODE`, a file, or stdin (none given, or `-`). */
+  source: PythonSource;
+  /** `sys.argv` as CPython sets it: `["-c", ...]`, `[file, ...]`, `[""]`. */
+  argv: string[];
+}
+
+function optionTakesValue(
+  options: ParseArgsOptionsConfig,
+  name: string,
+): boolean {
+  return Object.hasOwn(options, name) && options[name].type === "string";
+}
+
+function shortOption(
+  options: ParseArgsOptionsConfig,
+  letter: string,
+): string | undefined {
+  return Object.keys(options).find((name) => options[name].short === letter);
+}
+
+/**
+ * Splits a command line the way `python` does: the runner's flags come
+ * first; `-c CODE`, a file name or `-` ends them, and everything after it
+ * (flags included) belongs to the Python program's `sys.argv`. `--` ends the
+ * flags too; the next argument is then the file name.
+ *
+ * @param args Command-line arguments.
+ * @param options The runner's `parseArgs` options (to know which flags take
+ *   a value). `-c`/`--code` is handled here and must not be among them.
+ * @returns The runner's flags, the code's source and `sys.argv`.
+ * @throws {TypeError} When `-c` has no code after it.
+ * @example
+ * ```ts
+ * import { splitPythonArgs } from "./_cli_flags.ts";
+ * const line = splitPythonArgs(["--timeout", "5", "job.py", "--fast", "x"], {
+ *   timeout: { type: "string" },
+ * });
+ * // line.flags: ["--timeout", "5"]
+ * // line.source: { kind: "file", path: "job.py" }
+ * // line.argv: ["job.py", "--fast", "x"]
+ * ```
+ */
+export function splitPythonArgs(
+  args: readonly string[],
+  options: ParseArgsOptionsConfig,
+): PythonCommandLine {
+  const flags: string[] = [];
+  const program = (source: PythonSource, argv: string[]) => ({
+    flags,
+    source,
+    argv,
+  });
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    const rest = args.slice(i + 1);
+    if (arg === "-c" || arg === "--code") {
+      if (rest.length === 0) {
+        throw new TypeError(`Invalid ${arg}: expected the code after it`);
+      }
+      return program({ kind: "code", code: rest[0] }, ["-c", ...rest.slice(1)]);
+    }
+    if (arg.startsWith("--code=")) {
+      return program({ kind: "code", code: arg.slice(7) }, ["-c", ...rest]);
+    }
+    if (/^-c./s.test(arg)) {
+      return program({ kind: "code", code: arg.slice(2) }, ["-c", ...rest]);
+    }
+    if (arg === "--") {
+      if (rest.length === 0) return program({ kind: "stdin" }, [""]);
+      const [first, ...more] = rest;
+      return first === "-"
+        ? program({ kind: "stdin" }, ["-", ...more])
+        : program({ kind: "file", path: first }, [first, ...more]);
+    }
+    if (arg === "-") return program({ kind: "stdin" }, ["-", ...rest]);
+    if (!arg.startsWith("-")) {
+      return program({ kind: "file", path: arg }, [arg, ...rest]);
+    }
+    flags.push(arg);
+    const long = arg.startsWith("--") && !arg.includes("=")
+      ? arg.slice(2)
+      : undefined;
+    const short = !arg.startsWith("--") && arg.length === 2
+      ? shortOption(options, arg[1])
+      : undefined;
+    const name = long ?? short;
+    if (name !== undefined && optionTakesValue(options, name) && rest.length) {
+      flags.push(rest[0]);
+      i++;
+    }
+  }
+  return program({ kind: "stdin" }, [""]);
+}
+
 /**
  * Whether a hostname only listens on the loopback interface
  * (`localhost`, `127.0.0.0/8`, `::1`).
@@ -326,4 +430,108 @@ export function listenUrl(addr: Deno.NetAddr, path = "/"): string {
     ? `[${addr.hostname}]`
     : addr.hostname;
   return `http://${host}:${addr.port}${path}`;
+}
+
+/**
+ * The package flags of `deno task run`, `serve` and `mcp`, as `parseArgs`
+ * options: `--package NAME` (repeatable), `--package-dir DIR`,
+ * `--package-index URL` (repeatable).
+ */
+export const PACKAGE_FLAG_OPTIONS = {
+  package: { type: "string", multiple: true },
+  "package-dir": { type: "string" },
+  "package-index": { type: "string", multiple: true },
+} as const satisfies ParseArgsOptionsConfig;
+
+/**
+ * Copies parsed package flags into sandbox options (only the ones given).
+ *
+ * @param values Flag values parsed with {@linkcode PACKAGE_FLAG_OPTIONS}.
+ * @param sandboxOptions The options to complete.
+ * @returns `sandboxOptions`, with `packages`, `packageDir` and
+ *   `packageIndexUrls` set from the flags.
+ * @example
+ * ```ts
+ * import { applyPackageFlags } from "./_cli_flags.ts";
+ * applyPackageFlags({ package: ["six"], "package-dir": "./wheels" }, {});
+ * // { packages: ["six"], packageDir: "./wheels" }
+ * ```
+ */
+export function applyPackageFlags(
+  values: {
+    package?: string[];
+    "package-dir"?: string;
+    "package-index"?: string[];
+  },
+  sandboxOptions: SandboxOptions,
+): SandboxOptions {
+  if (values.package !== undefined) sandboxOptions.packages = values.package;
+  if (values["package-dir"] !== undefined) {
+    sandboxOptions.packageDir = values["package-dir"];
+  }
+  if (values["package-index"] !== undefined) {
+    sandboxOptions.packageIndexUrls = values["package-index"];
+  }
+  return sandboxOptions;
+}
+
+/**
+ * The default-index and preload flags of `deno task run`, `serve` and
+ * `mcp`, as `parseArgs` options: `--no-package-index` (no index at all:
+ * offline) and `--preload NAMES` (comma-separated, repeatable).
+ */
+export const PRELOAD_FLAG_OPTIONS = {
+  preload: { type: "string", multiple: true },
+  "no-package-index": { type: "boolean" },
+} as const satisfies ParseArgsOptionsConfig;
+
+/**
+ * Copies parsed `--preload` and `--no-package-index` flags into sandbox
+ * options (only the ones given). Apply it after
+ * {@linkcode applyPackageFlags}.
+ *
+ * @param values Flag values parsed with {@linkcode PRELOAD_FLAG_OPTIONS}
+ *   (and `package-index`, to refuse both index flags at once).
+ * @param sandboxOptions The options to complete.
+ * @returns `sandboxOptions`, with `preload` and `packageIndexUrls` set.
+ * @throws {TypeError} When a `--preload` name is empty, or when
+ *   `--no-package-index` comes with `--package-index`.
+ * @example
+ * ```ts
+ * import { applyPreloadFlags } from "./_cli_flags.ts";
+ * applyPreloadFlags({ preload: ["numpy,pandas"] }, {});
+ * // { preload: ["numpy", "pandas"] }
+ * applyPreloadFlags({ "no-package-index": true }, {});
+ * // { packageIndexUrls: [] }
+ * ```
+ */
+export function applyPreloadFlags(
+  values: {
+    preload?: string[];
+    "no-package-index"?: boolean;
+    "package-index"?: string[];
+  },
+  sandboxOptions: SandboxOptions,
+): SandboxOptions {
+  if (values.preload !== undefined) {
+    const names = values.preload.flatMap((list) => list.split(","))
+      .map((name) => name.trim());
+    if (names.some((name) => name === "")) {
+      throw new TypeError(
+        `Invalid --preload: expected comma-separated package names, got "${
+          values.preload.join(",")
+        }"`,
+      );
+    }
+    sandboxOptions.preload = [...new Set(names)];
+  }
+  if (values["no-package-index"]) {
+    if (values["package-index"]?.length) {
+      throw new TypeError(
+        "Invalid flags: --no-package-index cannot be used with --package-index",
+      );
+    }
+    sandboxOptions.packageIndexUrls = [];
+  }
+  return sandboxOptions;
 }

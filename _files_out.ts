@@ -1,14 +1,146 @@
 /**
- * Writes a result's files into a host folder (the CLI's `--files-out`)
- * without trusting their paths: the files index comes from the child, which
- * runs untrusted code, so a path may try to climb out of the folder or lead
- * through a symbolic link.
+ * The files the command line reads and writes for a run: a result's files
+ * written into a host folder (`--files-out`) without trusting their paths
+ * (the files index comes from the child, which runs untrusted code, so a
+ * path may try to climb out of the folder or lead through a symbolic link),
+ * and the session files of `--session` (checked field by field when read,
+ * written atomically with private permissions).
  *
  * @module
  */
 
 import { join } from "node:path";
-import type { ResultFile } from "./result.ts";
+import type { ResultFile, SessionMetadata } from "./result.ts";
+import { decodeBase64, encodeBase64 } from "./_bytes.ts";
+import { writeFileAtomicSync } from "./_fs.ts";
+
+/** A session file of `--session`: the saved state, base64, and its metadata. */
+export interface SessionFile {
+  /** The session bytes, base64. */
+  sessionBytes: string;
+  /** Their metadata. */
+  sessionMetadata: SessionMetadata;
+}
+
+function describe(value: unknown): string {
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "an array";
+  return typeof value === "object" ? "an object" : typeof value;
+}
+
+/**
+ * Parses the text of a session file saved by this CLI.
+ *
+ * @param text The file's text.
+ * @returns The session and its decoded bytes.
+ * @throws {TypeError} When the text is not such a session (the message is
+ *   the detail).
+ */
+function parseSessionFile(
+  text: string,
+): { session: SessionFile; bytes: Uint8Array } {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (error) {
+    throw new TypeError(`not JSON (${(error as Error).message})`);
+  }
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    throw new TypeError(`expected a JSON object, got ${describe(value)}`);
+  }
+  const { sessionBytes, sessionMetadata } = value as Record<string, unknown>;
+  if (typeof sessionBytes !== "string" || sessionBytes === "") {
+    throw new TypeError(
+      `"sessionBytes" must be a non-empty base64 string, got ${
+        describe(sessionBytes)
+      }`,
+    );
+  }
+  let bytes: Uint8Array;
+  try {
+    bytes = decodeBase64(sessionBytes);
+  } catch {
+    throw new TypeError('"sessionBytes" is not valid base64');
+  }
+  if (
+    sessionMetadata === null || typeof sessionMetadata !== "object" ||
+    Array.isArray(sessionMetadata)
+  ) {
+    throw new TypeError(
+      `"sessionMetadata" must be an object, got ${describe(sessionMetadata)}`,
+    );
+  }
+  for (const key of ["pyodideVersion", "createdAt", "updatedAt"]) {
+    const field = (sessionMetadata as Record<string, unknown>)[key];
+    if (typeof field !== "string") {
+      throw new TypeError(
+        `"sessionMetadata.${key}" must be a string, got ${describe(field)}`,
+      );
+    }
+  }
+  return {
+    session: { sessionBytes, sessionMetadata } as SessionFile,
+    bytes,
+  };
+}
+
+/**
+ * Reads a session file written by {@linkcode writeSessionFile}.
+ *
+ * @param path The file.
+ * @returns The session and its decoded bytes, or undefined when the file
+ *   does not exist (a new session).
+ * @throws {TypeError} `Invalid session file: ...` when the file cannot be
+ *   read or is not such a session.
+ */
+export async function readSessionFile(
+  path: string,
+): Promise<{ session: SessionFile; bytes: Uint8Array } | undefined> {
+  let data: Uint8Array;
+  try {
+    data = await Deno.readFile(path);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return undefined;
+    throw new TypeError(
+      `Invalid session file: ${path} could not be read (${
+        (error as Error).message
+      })`,
+    );
+  }
+  try {
+    let text: string;
+    try {
+      text = new TextDecoder("utf-8", { fatal: true }).decode(data);
+    } catch {
+      throw new TypeError("not UTF-8 text");
+    }
+    return parseSessionFile(text);
+  } catch (error) {
+    throw new TypeError(
+      `Invalid session file: ${path} is not a session saved by this CLI: ${
+        (error as Error).message
+      }`,
+    );
+  }
+}
+
+/**
+ * Writes a session file atomically (a private temporary file renamed over
+ * it), so an interrupted run never leaves half a session.
+ *
+ * @param path The file.
+ * @param saved The saved state.
+ */
+export function writeSessionFile(
+  path: string,
+  saved: { sessionBytes: Uint8Array; sessionMetadata: SessionMetadata },
+): void {
+  const file: SessionFile = {
+    sessionBytes: encodeBase64(saved.sessionBytes),
+    sessionMetadata: saved.sessionMetadata,
+  };
+  writeFileAtomicSync(path, new TextEncoder().encode(JSON.stringify(file)));
+}
 
 /** The sandbox's working folder: result paths are taken relative to it. */
 export const SANDBOX_HOME = "/home/pyodide";
@@ -177,4 +309,54 @@ export async function writeResultFiles(
     }
   }
   return outcomes;
+}
+
+/**
+ * Writes result files into `--files-out` with
+ * {@linkcode writeResultFiles} and names on stderr each file not written.
+ *
+ * @param dir The host folder.
+ * @param files The result's files.
+ * @returns Whether every file that belongs there was written.
+ * @throws {Error} When `dir` cannot be created or is not a folder.
+ */
+export async function writeFilesOut(
+  dir: string,
+  files: ResultFile[] | undefined,
+): Promise<boolean> {
+  let ok = true;
+  for (const outcome of await writeResultFiles(dir, files ?? [])) {
+    if (outcome.status === "written") continue;
+    if (outcome.status === "refused") ok = false;
+    console.error(
+      `${
+        outcome.status === "refused" ? "Refused" : "Skipped"
+      } a result file: ${outcome.path}: ${outcome.reason}`,
+    );
+  }
+  return ok;
+}
+
+/**
+ * Reads the host files of `--file SANDBOX_PATH=HOST_PATH` flags.
+ *
+ * @param specs The flags' values.
+ * @returns The files by sandbox path.
+ * @throws {TypeError} When a value has no `=` or an empty sandbox path.
+ * @throws {Error} When a host file cannot be read.
+ */
+export async function readInputFiles(
+  specs: string[],
+): Promise<Record<string, Uint8Array>> {
+  const files: Record<string, Uint8Array> = {};
+  for (const spec of specs) {
+    const at = spec.indexOf("=");
+    if (at <= 0) {
+      throw new TypeError(
+        `Invalid --file: expected SANDBOX_PATH=HOST_PATH, got "${spec}"`,
+      );
+    }
+    files[spec.slice(0, at)] = await Deno.readFile(spec.slice(at + 1));
+  }
+  return files;
 }

@@ -9,13 +9,14 @@
  * @module
  */
 
+import { concatBytes } from "./_bytes.ts";
 import process from "node:process";
-import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
 import {
-  ErrorCode,
-  type JSONRPCMessage,
-  JSONRPCMessageSchema,
-} from "@modelcontextprotocol/sdk/types.js";
+  JSON_RPC_ERRORS,
+  type JsonRpcMessage,
+  type McpTransport,
+  toJsonRpcMessage,
+} from "./_mcp_sdk.ts";
 
 /** Largest MCP message (one line, newline excluded) read over stdio. */
 export const MAX_STDIO_MESSAGE_BYTES = 10 * 1024 * 1024;
@@ -49,24 +50,14 @@ function guessId(head: string, tail: string): Id {
   }
 }
 
-function concat(chunks: Uint8Array[], size: number): Uint8Array {
-  const out = new Uint8Array(size);
-  let at = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, at);
-    at += chunk.length;
-  }
-  return out;
-}
-
 /** A stdio server transport that survives oversized and malformed input. */
-export class LimitedStdioServerTransport implements Transport {
+export class LimitedStdioServerTransport implements McpTransport {
   /** Called when the transport closes. */
   onclose?: () => void;
   /** Called on a transport error (also for each refused message). */
   onerror?: (error: Error) => void;
   /** Called for each valid message. */
-  onmessage?: (message: JSONRPCMessage) => void;
+  onmessage?: (message: JsonRpcMessage) => void;
 
   #max: number;
   #chunks: Uint8Array[] = [];
@@ -109,7 +100,7 @@ export class LimitedStdioServerTransport implements Transport {
    *
    * @param message The message.
    */
-  send(message: JSONRPCMessage): Promise<void> {
+  send(message: JsonRpcMessage): Promise<void> {
     return new Promise((resolve) => {
       if (process.stdout.write(`${JSON.stringify(message)}\n`)) resolve();
       else process.stdout.once("drain", () => resolve());
@@ -143,10 +134,7 @@ export class LimitedStdioServerTransport implements Transport {
   /** Adds part of the current line, switching to skipping past the cap. */
   #take(part: Uint8Array): void {
     if (this.#skip) {
-      const tail = concat(
-        [this.#skip.tail, part],
-        this.#skip.tail.length + part.length,
-      );
+      const tail = concatBytes([this.#skip.tail, part]);
       this.#skip.tail = tail.subarray(Math.max(0, tail.length - KEEP));
       this.#skip.size += part.length;
       return;
@@ -156,7 +144,7 @@ export class LimitedStdioServerTransport implements Transport {
       this.#size += part.length;
       return;
     }
-    const line = concat([...this.#chunks, part], this.#size + part.length);
+    const line = concatBytes([...this.#chunks, part]);
     this.#skip = {
       head: this.#decoder.decode(line.subarray(0, KEEP)),
       tail: line.slice(Math.max(0, line.length - KEEP)),
@@ -173,14 +161,14 @@ export class LimitedStdioServerTransport implements Transport {
       const id = guessId(skipped.head, this.#decoder.decode(skipped.tail));
       this.#reject(
         id,
-        ErrorCode.InvalidRequest,
+        JSON_RPC_ERRORS.invalidRequest,
         `Invalid Request: the message is ${skipped.size} bytes, over the limit of ${this.#max} bytes (${
           this.#max / 1024 / 1024
         } MiB) per MCP message over stdio`,
       );
       return;
     }
-    const line = concat(this.#chunks, this.#size);
+    const line = concatBytes(this.#chunks);
     this.#chunks = [];
     this.#size = 0;
     const text = this.#decoder.decode(line).replace(/\r$/, "");
@@ -191,34 +179,30 @@ export class LimitedStdioServerTransport implements Transport {
     } catch (error) {
       this.#reject(
         null,
-        ErrorCode.ParseError,
+        JSON_RPC_ERRORS.parseError,
         `Parse error: the message is not valid JSON (${
           (error as Error).message
         })`,
       );
       return;
     }
-    const parsed = JSONRPCMessageSchema.safeParse(value);
-    if (!parsed.success) {
+    const message = toJsonRpcMessage(value);
+    if (!message) {
       const raw = (value as { id?: unknown } | null)?.id;
       this.#reject(
         typeof raw === "string" || typeof raw === "number" ? raw : null,
-        ErrorCode.InvalidRequest,
+        JSON_RPC_ERRORS.invalidRequest,
         "Invalid Request: the message is not a JSON-RPC 2.0 request, notification or response",
       );
       return;
     }
-    this.onmessage?.(parsed.data);
+    this.onmessage?.(message);
   }
 
   #reject(id: Id, code: number, message: string): void {
     this.onerror?.(new Error(message));
     // An error object with a null id is what JSON-RPC 2.0 prescribes when
-    // the id cannot be read; the SDK's types insist on an id, hence the cast.
-    void this.send({
-      jsonrpc: "2.0",
-      id,
-      error: { code, message },
-    } as unknown as JSONRPCMessage);
+    // the id cannot be read.
+    void this.send({ jsonrpc: "2.0", id, error: { code, message } });
   }
 }

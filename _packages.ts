@@ -9,8 +9,47 @@
  * @module
  */
 
+import { concatBytes } from "./_bytes.ts";
 import { join } from "node:path";
-import { sha256Hex } from "./_setup.ts";
+import { resolveEnvironment } from "./_setup.ts";
+import { PYODIDE_VERSION } from "./runner.ts";
+import { hasNativeCode, inspectWheel } from "./_wheel_zip.ts";
+import {
+  DEFAULT_PACKAGE_CACHE_MB,
+  sha256Bytes,
+  WheelCache,
+} from "./_wheel_cache.ts";
+
+export { DEFAULT_PACKAGE_CACHE_MB } from "./_wheel_cache.ts";
+
+/**
+ * The default package index: the official Pyodide CDN for exactly the
+ * pinned Pyodide version. Its wheels are checked against the
+ * `pyodide-lock.json` inside the local `pyodide` npm package, never against
+ * a lock fetched from the network.
+ */
+export const DEFAULT_PACKAGE_INDEX_URL: string =
+  `https://cdn.jsdelivr.net/pyodide/v${PYODIDE_VERSION}/full/`;
+
+/**
+ * Environment variables that stand in for the default index in tests: the
+ * base URL its wheels are fetched from, and the local lock file they are
+ * checked against. Read once, when a resolver is made, and only when the
+ * host was granted them (never prompted for).
+ */
+export const TEST_INDEX_ENV = {
+  baseUrl: "PYODIDE_SANDBOX_TEST_INDEX_URL",
+  lockPath: "PYODIDE_SANDBOX_TEST_INDEX_LOCK",
+} as const;
+
+/** How long one host fetch of a wheel or lock may take. */
+export const PACKAGE_FETCH_TIMEOUT_MS = 120_000;
+
+/** The largest wheel (or lock) the host fetches, in bytes. */
+export const MAX_PACKAGE_BYTES = 40 * 1024 * 1024;
+
+/** The largest total of wheels sent to a child in one install (base64). */
+const MAX_INSTALL_BYTES = 46 * 1024 * 1024;
 
 /** A package that could not be installed; becomes kind `"install"`. */
 export class InstallError extends Error {
@@ -30,15 +69,39 @@ export class InstallError extends Error {
 export interface PackageSources {
   /** A local folder of wheels. */
   packageDir?: string;
-  /** Base URLs of indexes serving `pyodide-lock.json` and wheels. */
+  /**
+   * Base URLs of indexes serving `pyodide-lock.json` and wheels;
+   * {@linkcode DEFAULT_PACKAGE_INDEX_URL} uses the local lock.
+   */
   packageIndexUrls: string[];
+  /** The cache folder (wheel cache; with `denoPath`, the local lock). */
+  cacheDir?: string;
+  /** The deno binary (locates the local `pyodide` package). */
+  denoPath?: string;
+  /** Size cap of the wheel cache in MiB; 0 turns it off. */
+  packageCacheMb?: number;
+  /** The local lock file of the default index (else found from Deno). */
+  localLockPath?: string;
 }
+
+/** Where a wheel is unpacked: site-packages, or the shared libraries. */
+export type InstallDir = "site" | "dynlib";
 
 /** One installable wheel. */
 export interface Wheel {
+  /** Distribution name. */
   name: string;
+  /** Version. */
   version: string;
+  /** File name (as in its lock or folder). */
   fileName: string;
+  /** Where it is unpacked. */
+  installDir: InstallDir;
+  /** Top-level import names (from the lock, else from the wheel). */
+  imports: string[];
+  /** Whether it holds compiled code (`.so` files or a shared library). */
+  native: boolean;
+  /** The verified bytes. */
   data: Uint8Array;
 }
 
@@ -48,7 +111,10 @@ interface Entry {
   fileName: string;
   imports: string[];
   depends: string[];
+  installDir: InstallDir;
   sha256?: string;
+  /** Where the bytes come from (a URL or a path), for messages. */
+  where: string;
   /** Loads the bytes (unchecked). */
   load: () => Promise<Uint8Array>;
 }
@@ -70,167 +136,146 @@ export function normalizeName(name: string): string {
   return name.toLowerCase().replace(/[-_.]+/g, "-");
 }
 
-/** Reads the entry names and single files of a zip archive (a wheel). */
-class ZipReader {
-  #data: Uint8Array;
-  #view: DataView;
-  entries = new Map<
-    string,
-    { offset: number; size: number; method: number; compressed: number }
-  >();
-
-  constructor(data: Uint8Array) {
-    this.#data = data;
-    this.#view = new DataView(data.buffer, data.byteOffset, data.length);
-    let eocd = -1;
-    for (let i = data.length - 22; i >= Math.max(0, data.length - 65557); i--) {
-      if (this.#view.getUint32(i, true) === 0x06054b50) {
-        eocd = i;
-        break;
-      }
-    }
-    if (eocd < 0) throw new Error("not a zip archive");
-    const count = this.#view.getUint16(eocd + 10, true);
-    let p = this.#view.getUint32(eocd + 16, true);
-    for (let i = 0; i < count; i++) {
-      if (this.#view.getUint32(p, true) !== 0x02014b50) {
-        throw new Error("corrupt zip directory");
-      }
-      const method = this.#view.getUint16(p + 10, true);
-      const compressed = this.#view.getUint32(p + 20, true);
-      const size = this.#view.getUint32(p + 24, true);
-      const nameLength = this.#view.getUint16(p + 28, true);
-      const extraLength = this.#view.getUint16(p + 30, true);
-      const commentLength = this.#view.getUint16(p + 32, true);
-      const offset = this.#view.getUint32(p + 42, true);
-      const name = new TextDecoder().decode(
-        data.subarray(p + 46, p + 46 + nameLength),
-      );
-      this.entries.set(name, { offset, size, method, compressed });
-      p += 46 + nameLength + extraLength + commentLength;
-    }
-  }
-
-  async read(name: string): Promise<Uint8Array | undefined> {
-    const entry = this.entries.get(name);
-    if (!entry) return undefined;
-    const v = this.#view;
-    const start = entry.offset + 30 + v.getUint16(entry.offset + 26, true) +
-      v.getUint16(entry.offset + 28, true);
-    const raw = this.#data.subarray(start, start + entry.compressed);
-    if (entry.method === 0) return raw.slice();
-    if (entry.method !== 8) throw new Error("unsupported zip compression");
-    const stream = new Blob([raw as Uint8Array<ArrayBuffer>]).stream()
-      .pipeThrough(new DecompressionStream("deflate-raw"));
-    return new Uint8Array(await new Response(stream).arrayBuffer());
-  }
-}
-
-/**
- * Reads a wheel's distribution name, version, top-level import names and
- * unconditional dependencies.
- *
- * @param fileName The wheel's file name.
- * @param data Its bytes.
- * @returns What the wheel provides and needs.
- */
-export async function inspectWheel(
-  fileName: string,
-  data: Uint8Array,
-): Promise<Omit<Entry, "load" | "sha256" | "fileName">> {
-  const zip = new ZipReader(data);
-  const names = [...zip.entries.keys()];
-  const distInfo = names.find((n) => /^[^/]+\.dist-info\/METADATA$/.test(n));
-  let name = fileName.split("-")[0];
-  let version = fileName.split("-")[1] ?? "0";
-  const depends: string[] = [];
-  if (distInfo) {
-    const meta = new TextDecoder().decode(await zip.read(distInfo));
-    for (const line of meta.split(/\r?\n/)) {
-      if (line === "") break;
-      const [key, ...rest] = line.split(":");
-      const value = rest.join(":").trim();
-      if (key === "Name") name = value;
-      else if (key === "Version") version = value;
-      else if (key === "Requires-Dist" && !value.includes(";")) {
-        const dep = /^[A-Za-z0-9._-]+/.exec(value)?.[0];
-        if (dep) depends.push(dep);
-      }
-    }
-  }
-  const imports = new Set<string>();
-  const topLevel = names.find((n) =>
-    /^[^/]+\.dist-info\/top_level\.txt$/.test(n)
-  );
-  if (topLevel) {
-    for (
-      const line of new TextDecoder().decode(await zip.read(topLevel)).split(
-        /\s+/,
-      )
-    ) {
-      if (line) imports.add(line);
-    }
-  }
-  if (imports.size === 0) {
-    for (const entry of names) {
-      const first = entry.split("/")[0];
-      if (first.endsWith(".dist-info") || first.endsWith(".data")) continue;
-      if (entry.includes("/")) imports.add(first);
-      else if (first.endsWith(".py")) imports.add(first.slice(0, -3));
-    }
-  }
-  return { name, version, imports: [...imports], depends };
+interface LockPackage {
+  name: string;
+  version: string;
+  file_name: string;
+  imports?: string[];
+  depends?: string[];
+  sha256?: string;
+  install_dir?: string;
 }
 
 interface LockFile {
-  packages: Record<string, {
-    name: string;
-    version: string;
-    file_name: string;
-    imports?: string[];
-    depends?: string[];
-    sha256?: string;
-  }>;
+  packages: Record<string, LockPackage>;
 }
 
+/** A lock's file name must name a file next to the lock, nothing else. */
+const FILE_NAME = /^[A-Za-z0-9][A-Za-z0-9._+-]*$/;
+
+function isStrings(value: unknown): value is string[] {
+  return Array.isArray(value) && value.every((v) => typeof v === "string");
+}
+
+/** The usable entries of a parsed lock (odd ones are left out). */
 function entriesFromLock(
-  lock: LockFile,
+  lock: unknown,
+  where: (fileName: string) => string,
   load: (fileName: string) => Promise<Uint8Array>,
 ): Entry[] {
-  return Object.values(lock.packages ?? {}).map((p) => ({
-    name: p.name,
-    version: p.version,
-    fileName: p.file_name,
-    imports: p.imports ?? [],
-    depends: p.depends ?? [],
-    sha256: p.sha256,
-    load: () => load(p.file_name),
-  }));
+  const packages = (lock as Partial<LockFile> | null)?.packages;
+  if (packages === null || typeof packages !== "object") return [];
+  const entries: Entry[] = [];
+  for (const p of Object.values(packages)) {
+    if (
+      p === null || typeof p !== "object" || typeof p.name !== "string" ||
+      typeof p.version !== "string" || typeof p.file_name !== "string" ||
+      !FILE_NAME.test(p.file_name) || p.file_name.includes("..") ||
+      (p.imports !== undefined && !isStrings(p.imports)) ||
+      (p.depends !== undefined && !isStrings(p.depends)) ||
+      (p.sha256 !== undefined && typeof p.sha256 !== "string")
+    ) continue;
+    const file = p.file_name;
+    entries.push({
+      name: p.name,
+      version: p.version,
+      fileName: file,
+      imports: p.imports ?? [],
+      depends: p.depends ?? [],
+      installDir: p.install_dir === "dynlib" ? "dynlib" : "site",
+      sha256: p.sha256?.toLowerCase(),
+      where: where(file),
+      load: () => load(file),
+    });
+  }
+  return entries;
 }
 
-async function fetchBytes(url: string): Promise<Uint8Array> {
-  const response = await fetch(url);
-  if (!response.ok) {
-    await response.body?.cancel();
-    throw new Error(`HTTP ${response.status} from ${url}`);
+/**
+ * Fetches a URL in the host with its own timeout and size cap.
+ *
+ * @param url The URL.
+ * @param timeoutMs How long it may take, body included.
+ * @param maxBytes The largest body accepted.
+ * @returns The body.
+ * @throws {Error} On a network error, a non-2xx status, a timeout or a body
+ *   over the cap.
+ */
+export async function fetchBytes(
+  url: string,
+  timeoutMs: number = PACKAGE_FETCH_TIMEOUT_MS,
+  maxBytes: number = MAX_PACKAGE_BYTES,
+): Promise<Uint8Array> {
+  const signal = AbortSignal.timeout(timeoutMs);
+  const late = () => new Error(`no complete answer within ${timeoutMs} ms`);
+  try {
+    const response = await fetch(url, { signal, redirect: "follow" });
+    if (!response.ok) {
+      await response.body?.cancel().catch(() => {});
+      throw new Error(`HTTP ${response.status}`);
+    }
+    const declared = Number(response.headers.get("content-length") ?? NaN);
+    if (declared > maxBytes) {
+      await response.body?.cancel().catch(() => {});
+      throw new Error(`${declared} bytes is over the cap of ${maxBytes}`);
+    }
+    const chunks: Uint8Array[] = [];
+    let total = 0;
+    for await (const chunk of response.body ?? []) {
+      total += chunk.length;
+      if (total > maxBytes) {
+        throw new Error(`more than the cap of ${maxBytes} bytes`);
+      }
+      chunks.push(chunk);
+    }
+    return concatBytes(chunks);
+  } catch (error) {
+    if (signal.aborted) throw late();
+    throw error;
   }
-  return new Uint8Array(await response.arrayBuffer());
+}
+
+/** Reads one environment variable only if already granted. */
+function grantedEnv(name: string): string | undefined {
+  try {
+    const state = Deno.permissions.querySync({ name: "env", variable: name });
+    return state.state === "granted" ? Deno.env.get(name) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function withSlash(url: string): string {
+  return url.endsWith("/") ? url : `${url}/`;
 }
 
 /**
  * Resolves import and package names to verified wheels, caching sources and
- * downloads for the life of the sandbox.
+ * downloads (on disk, by sha256, when a cache folder is given).
  */
 export class PackageResolver {
   #sources: PackageSources;
   #loaded?: Promise<Source[]>;
-  #cache = new Map<string, Promise<Uint8Array>>();
+  #memory = new Map<string, Promise<Uint8Array>>();
+  #disk?: WheelCache;
+  #testBase?: string;
+  #testLock?: string;
 
   /**
+   * Creates a resolver; nothing is read or fetched until a resolve.
+   *
    * @param sources Where to look.
    */
   constructor(sources: PackageSources) {
     this.#sources = sources;
+    if (sources.cacheDir !== undefined) {
+      this.#disk = new WheelCache(
+        sources.cacheDir,
+        sources.packageCacheMb ?? DEFAULT_PACKAGE_CACHE_MB,
+      );
+    }
+    this.#testBase = grantedEnv(TEST_INDEX_ENV.baseUrl);
+    this.#testLock = grantedEnv(TEST_INDEX_ENV.lockPath);
   }
 
   /** Whether any source is configured. */
@@ -245,28 +290,11 @@ export class PackageResolver {
       const dir = this.#sources.packageDir;
       if (dir !== undefined) sources.push(await this.#dirSource(dir));
       for (const url of this.#sources.packageIndexUrls) {
-        const base = url.endsWith("/") ? url : `${url}/`;
-        const lockUrl = new URL("pyodide-lock.json", base).href;
-        let lock: LockFile;
-        try {
-          lock = JSON.parse(
-            new TextDecoder().decode(await fetchBytes(lockUrl)),
-          );
-        } catch (error) {
-          sources.push({
-            label: `${lockUrl} (unreachable: ${(error as Error).message})`,
-            entries: [],
-            unreachable: true,
-          });
-          continue;
-        }
-        sources.push({
-          label: lockUrl,
-          entries: entriesFromLock(
-            lock,
-            (file) => fetchBytes(new URL(file, base).href),
-          ),
-        });
+        sources.push(
+          withSlash(url) === DEFAULT_PACKAGE_INDEX_URL
+            ? await this.#defaultSource()
+            : await this.#indexSource(url),
+        );
       }
       return sources;
     })();
@@ -286,15 +314,73 @@ export class PackageResolver {
     return loaded;
   }
 
+  /** The Pyodide distribution: the local lock, wheels from the CDN. */
+  async #defaultSource(): Promise<Source> {
+    const base = withSlash(this.#testBase ?? DEFAULT_PACKAGE_INDEX_URL);
+    let lockPath = this.#testLock ?? this.#sources.localLockPath;
+    try {
+      if (lockPath === undefined) {
+        const { denoPath, cacheDir } = this.#sources;
+        if (denoPath === undefined || cacheDir === undefined) {
+          throw new Error("no local Pyodide package is known");
+        }
+        lockPath = join(
+          resolveEnvironment(denoPath, cacheDir).pyodideDir,
+          "pyodide-lock.json",
+        );
+      }
+      const lock = JSON.parse(await Deno.readTextFile(lockPath));
+      return {
+        label: `the Pyodide ${PYODIDE_VERSION} distribution (${base})`,
+        entries: entriesFromLock(
+          lock,
+          (file) => new URL(file, base).href,
+          (file) => fetchBytes(new URL(file, base).href),
+        ),
+      };
+    } catch (error) {
+      throw new InstallError(
+        `The local Pyodide lock file could not be read: ${
+          lockPath ?? "unknown path"
+        } (${(error as Error).message})`,
+      );
+    }
+  }
+
+  /** A user's index: its lock and its wheels from the network. */
+  async #indexSource(url: string): Promise<Source> {
+    const base = withSlash(url);
+    const lockUrl = new URL("pyodide-lock.json", base).href;
+    let lock: unknown;
+    try {
+      lock = JSON.parse(new TextDecoder().decode(await fetchBytes(lockUrl)));
+    } catch (error) {
+      return {
+        label: `${lockUrl} (unreachable: ${(error as Error).message})`,
+        entries: [],
+        unreachable: true,
+      };
+    }
+    return {
+      label: lockUrl,
+      entries: entriesFromLock(
+        lock,
+        (file) => new URL(file, base).href,
+        (file) => fetchBytes(new URL(file, base).href),
+      ),
+    };
+  }
+
   async #dirSource(dir: string): Promise<Source> {
     const read = (file: string) => Deno.readFile(join(dir, file));
+    const where = (file: string) => join(dir, file);
     try {
       const lock = JSON.parse(
         await Deno.readTextFile(join(dir, "pyodide-lock.json")),
-      ) as LockFile;
+      );
       return {
         label: `${dir} (pyodide-lock.json)`,
-        entries: entriesFromLock(lock, read),
+        entries: entriesFromLock(lock, where, read),
       };
     } catch (error) {
       if (!(error instanceof Deno.errors.NotFound)) {
@@ -324,6 +410,8 @@ export class PackageResolver {
         entries.push({
           ...info,
           fileName: file.name,
+          installDir: "site",
+          where: where(file.name),
           load: () => read(file.name),
         });
       } catch {
@@ -331,6 +419,86 @@ export class PackageResolver {
       }
     }
     return { label: `${dir} (wheels)`, entries };
+  }
+
+  /** Finds the entries to install, dependencies first. */
+  #plan(
+    sources: Source[],
+    imports: string[],
+    required: string[],
+    installed: string[],
+  ): Entry[] {
+    const done = new Set(installed.map(normalizeName));
+    const order: Entry[] = [];
+    const visit = (name: string, mustExist: boolean): void => {
+      const key = normalizeName(name);
+      if (done.has(key)) return;
+      for (const source of sources) {
+        const entry = source.entries.find((e) =>
+          normalizeName(e.name) === key || e.imports.includes(name)
+        );
+        if (entry) {
+          if (done.has(normalizeName(entry.name))) return;
+          done.add(normalizeName(entry.name));
+          done.add(key);
+          for (const dep of entry.depends) visit(dep, true);
+          order.push(entry);
+          return;
+        }
+      }
+      if (mustExist) {
+        throw new InstallError(
+          `Package "${name}" was not found: looked in ${
+            sources.map((s) => s.label).join(", ") || "no package source"
+          }`,
+        );
+      }
+    };
+    for (const name of required) visit(name, true);
+    for (const name of imports) visit(name, false);
+    return order;
+  }
+
+  /**
+   * The verified bytes of one entry: from the wheel cache when it holds
+   * them (checked by hash), else loaded, checked and stored.
+   */
+  async #bytes(entry: Entry): Promise<Uint8Array> {
+    const sha = entry.sha256;
+    if (sha && this.#disk) {
+      const cached = await this.#disk.get(sha);
+      if (cached) return cached;
+    }
+    const key = `${entry.where}\0${sha ?? ""}`;
+    let pending = this.#memory.get(key);
+    if (!pending) {
+      pending = entry.load();
+      this.#memory.set(key, pending);
+      // Hashed wheels live in the disk cache, not in memory.
+      pending.then(
+        () => sha && this.#disk && this.#memory.delete(key),
+        () => this.#memory.delete(key),
+      );
+    }
+    let data: Uint8Array;
+    try {
+      data = await pending;
+    } catch (error) {
+      throw new InstallError(
+        `Package "${entry.name}" could not be fetched from ${entry.where}: ${
+          (error as Error).message
+        }`,
+      );
+    }
+    if (sha) {
+      if ((await sha256Bytes(data)) !== sha) {
+        throw new InstallError(
+          `Package "${entry.name}" failed its integrity check: ${entry.where} does not match the sha256 in its lock file`,
+        );
+      }
+      await this.#disk?.put(sha, data);
+    }
+    return data;
   }
 
   /**
@@ -349,62 +517,24 @@ export class PackageResolver {
     installed: string[],
   ): Promise<Wheel[]> {
     const sources = await this.#loadSources();
-    const done = new Set(installed.map(normalizeName));
-    const order: { entry: Entry; source: Source }[] = [];
-    const visit = (name: string, mustExist: boolean): void => {
-      const key = normalizeName(name);
-      if (done.has(key)) return;
-      for (const source of sources) {
-        const entry = source.entries.find((e) =>
-          normalizeName(e.name) === key || e.imports.includes(name)
-        );
-        if (entry) {
-          if (done.has(normalizeName(entry.name))) return;
-          done.add(normalizeName(entry.name));
-          done.add(key);
-          for (const dep of entry.depends) visit(dep, true);
-          order.push({ entry, source });
-          return;
-        }
-      }
-      if (mustExist) {
-        throw new InstallError(
-          `Package "${name}" was not found: looked in ${
-            sources.map((s) => s.label).join(", ") || "no package source"
-          }`,
-        );
-      }
-    };
-    for (const name of required) visit(name, true);
-    for (const name of imports) visit(name, false);
+    const order = this.#plan(sources, imports, required, installed);
     const wheels: Wheel[] = [];
-    for (const { entry, source } of order) {
-      const key = `${source.label}\0${entry.fileName}`;
-      let pending = this.#cache.get(key);
-      if (!pending) {
-        pending = entry.load();
-        this.#cache.set(key, pending);
-        pending.catch(() => this.#cache.delete(key));
-      }
-      let data: Uint8Array;
-      try {
-        data = await pending;
-      } catch (error) {
+    let total = 0;
+    for (const entry of order) {
+      const data = await this.#bytes(entry);
+      total += Math.ceil(data.length / 3) * 4;
+      if (total > MAX_INSTALL_BYTES) {
         throw new InstallError(
-          `Package "${entry.name}" could not be fetched from ${source.label}: ${
-            (error as Error).message
-          }`,
-        );
-      }
-      if (entry.sha256 && (await sha256Hex(data)) !== entry.sha256) {
-        throw new InstallError(
-          `Package "${entry.name}" failed its integrity check: ${entry.fileName} does not match the sha256 in ${source.label}`,
+          `Package "${entry.name}" could not be installed: the packages of one call are over ${MAX_INSTALL_BYTES} bytes once encoded`,
         );
       }
       wheels.push({
         name: entry.name,
         version: entry.version,
         fileName: entry.fileName,
+        installDir: entry.installDir,
+        imports: entry.imports,
+        native: entry.installDir === "dynlib" || hasNativeCode(data),
         data,
       });
     }

@@ -28,6 +28,8 @@ import {
 
 export const HOME = "/home/pyodide";
 export const SITE_PACKAGES = "/lib/python3.14/site-packages";
+/** Where Pyodide puts shared libraries (lock `install_dir: "dynlib"`). */
+export const DYNLIB_DIR = "/usr/lib";
 
 export function readFiles(pyodide: Pyodide): Uint8Array {
   const FS = pyodide.FS;
@@ -50,6 +52,8 @@ export function readFiles(pyodide: Pyodide): Uint8Array {
   }
   walk(HOME);
   walk(SITE_PACKAGES);
+  // Shared libraries of installed packages (absent until one is installed).
+  if (FS.analyzePath(DYNLIB_DIR).exists) walk(DYNLIB_DIR);
   return concatWithIndex(entries, blobs);
 }
 
@@ -355,7 +359,8 @@ export function writeFiles(pyodide: Pyodide, packed: Uint8Array): void {
     if (entry.size > 0) offset += entry.size;
     if (
       !entry.path.startsWith(HOME + "/") &&
-      !entry.path.startsWith(SITE_PACKAGES + "/")
+      !entry.path.startsWith(SITE_PACKAGES + "/") &&
+      !entry.path.startsWith(DYNLIB_DIR + "/")
     ) continue;
     if (entry.size < 0) FS.mkdirTree(entry.path);
     else FS.writeFile(entry.path, data.subarray(start, start + entry.size));

@@ -35,6 +35,14 @@ def _jsonable(v, depth=0):
         return _marker(v)
     if type(v) in (list, tuple):
         return [_jsonable(x, depth + 1) for x in v]
+    if isinstance(v, tuple):
+        # A tuple subclass (a namedtuple, sys.version_info, os.stat_result)
+        # becomes a list, as Python's json.dumps makes it. tuple.__iter__
+        # walks the stored items, whatever the subclass defines.
+        try:
+            return [_jsonable(x, depth + 1) for x in tuple.__iter__(v)]
+        except BaseException:
+            return _marker(v)
     if type(v) is dict and all(isinstance(k, str) for k in v):
         return {k: _jsonable(x, depth + 1) for k, x in v.items()}
     return _marker(v)
@@ -275,6 +283,20 @@ def plan(code, required_json):
         required.append(name)
     return json.dumps({"imports": missing, "required": required, "installed": list(_installed)})
 
+# Compiled packages of a preloaded snapshot: installed in it but imported
+# only when a pooled child warms up (their libraries live outside the
+# snapshot's memory). Kept across a restore, like _installed.
+_preload_imports = list(getattr(_previous, "_preload_imports", None) or [])
+_mod._preload_imports = _preload_imports
+
+def import_preloaded():
+    import importlib
+    for name in _preload_imports:
+        try:
+            importlib.import_module(name)
+        except BaseException:
+            pass
+
 def mark_installed(name, version):
     import importlib
     _installed[name] = version
@@ -325,6 +347,70 @@ if not getattr(sys.setrecursionlimit, "_sandbox", False):
 if sys.getrecursionlimit() > _MAX_RECURSION:
     sys.setrecursionlimit(_MAX_RECURSION)
 
-for _name in ("set_request", "run", "drop_js_globals", "cancel_current", "prepare", "display", "HostError", "plan", "mark_installed", "installed"):
+# Synchronous HTTP for urllib.request: the child fetches with its own net
+# grants (allowNet), and Python waits through JSPI (pyodide.ffi.run_sync).
+class NetworkPermissionError(__import__("urllib.error").error.URLError, PermissionError):
+    """A host that allowNet does not grant (both URLError and PermissionError)."""
+
+def _fetch_sync(req, timeout):
+    import urllib.error, http.client, email.message, io
+    from urllib.parse import urlsplit
+    from pyodide.ffi import run_sync, can_run_sync, to_js, JsException
+    url = req.full_url
+    host = urlsplit(url).netloc
+    if not can_run_sync():
+        raise urllib.error.URLError("synchronous HTTP is not available here: use 'await pyodide.http.pyfetch(url)'")
+    headers = [[k, v] for k, v in req.header_items()]
+    data = req.data
+    if data is not None and not isinstance(data, (bytes, bytearray, memoryview)):
+        if isinstance(data, str):
+            raise TypeError("POST data should be bytes, an iterable of bytes, or a file object. It cannot be of type str.")
+        data = data.read() if hasattr(data, "read") else b"".join(bytes(c) for c in data)
+    body = to_js(bytes(data)) if data is not None else None
+    ms = 0 if timeout is None or not isinstance(timeout, (int, float)) or timeout <= 0 else int(timeout * 1000)
+    _flush()
+    reply = None
+    try:
+        reply = run_sync(_js.__pyodideSandboxFetch(url, req.get_method(), json.dumps(headers), body, ms))
+        meta = json.loads(reply[0])
+        payload = reply[1].to_bytes()
+    except JsException as e:
+        text = str(e)
+        if "KeyboardInterrupt" in text:
+            raise KeyboardInterrupt from None
+        if "TimeoutError" in text:
+            raise urllib.error.URLError(TimeoutError("timed out: %s did not answer within %s s" % (host, timeout))) from None
+        if "Requires net access" in text or "NotCapable" in text:
+            raise NetworkPermissionError(
+                "Network access to %s is not granted: allowNet must include it (%s)" % (host, text)
+            ) from None
+        raise urllib.error.URLError("%s: %s" % (host, text)) from None
+    finally:
+        reply = body = None
+    msg = http.client.HTTPMessage()
+    for k, v in meta["headers"]:
+        msg[k] = v
+    response = __import__("urllib.response").response.addinfourl(io.BytesIO(payload), msg, meta["url"], meta["status"])
+    response.msg = meta["reason"] or http.client.responses.get(meta["status"], "")
+    response.reason = response.msg
+    return response
+
+def _patch_urllib():
+    import urllib.request
+    if getattr(urllib.request.HTTPHandler.http_open, "_sandbox", False):
+        return
+    def http_open(self, req):
+        return _fetch_sync(req, req.timeout)
+    http_open._sandbox = True
+    urllib.request.HTTPHandler.http_open = http_open
+    if hasattr(urllib.request, "HTTPSHandler"):
+        def https_open(self, req):
+            return _fetch_sync(req, req.timeout)
+        https_open._sandbox = True
+        urllib.request.HTTPSHandler.https_open = https_open
+
+_patch_urllib()
+
+for _name in ("set_request", "run", "drop_js_globals", "cancel_current", "prepare", "display", "HostError", "plan", "mark_installed", "installed", "import_preloaded"):
     setattr(_mod, _name, globals()[_name])
 os.makedirs("/home/pyodide", exist_ok=True)

@@ -113,7 +113,7 @@ export async function sealSession(
  * @throws {SessionError} When the bytes are corrupted, tampered with,
  *   unsigned while a secret is set, or from another Pyodide version.
  */
-export async function openSession(
+export async function unsealSession(
   bytes: Uint8Array,
   metadata: SessionMetadata,
   secret: Uint8Array | undefined,

@@ -8,43 +8,9 @@
 
 import { join } from "node:path";
 import { PYODIDE_VERSION } from "./runner.ts";
-// The runner's own bytes, through the module graph (checked by the registry's
-// integrity data when imported from one): what a materialized copy in the
-// cache folder must hold before a child runs it. One import per file of
-// RUNNER_FILES.
-import RUNNER_SOURCE from "./runner.ts" with { type: "text" };
-import PROTOCOL_SOURCE from "./_protocol.ts" with { type: "text" };
-import SETUP_PY_SOURCE from "./_runner_setup_py.ts" with { type: "text" };
-import CAPTURED_SOURCE from "./_runner_captured.ts" with { type: "text" };
-import CHANNEL_SOURCE from "./_runner_channel.ts" with { type: "text" };
-import FILES_SOURCE from "./_runner_files.ts" with { type: "text" };
-import LOCKDOWN_SOURCE from "./_runner_lockdown.ts" with { type: "text" };
-
-/**
- * The files the child runs, by name, with their sources: `runner.ts` and
- * the local files it imports (the child runs with `--no-config`, so it may
- * import only these, by relative path).
- */
-const RUNNER_FILES: readonly (readonly [string, string])[] = [
-  ["runner.ts", RUNNER_SOURCE],
-  ["_protocol.ts", PROTOCOL_SOURCE],
-  ["_runner_setup_py.ts", SETUP_PY_SOURCE],
-  ["_runner_captured.ts", CAPTURED_SOURCE],
-  ["_runner_channel.ts", CHANNEL_SOURCE],
-  ["_runner_files.ts", FILES_SOURCE],
-  ["_runner_lockdown.ts", LOCKDOWN_SOURCE],
-];
-
-/**
- * The names of the files the child runs (`runner.ts` first), copied
- * together into the cache folder when the module comes from a registry.
- *
- * @returns File names relative to this module.
- */
-export function runnerFileNames(): string[] {
-  return RUNNER_FILES.map(([name]) => name);
-}
-
+import { fnv } from "./_bytes.ts";
+import { writeFileAtomicSync } from "./_fs.ts";
+import { materializeRunnerFiles, runnerFile } from "./_runner_copy.ts";
 /** Pyodide files the child must be able to read to load. */
 export const PYODIDE_FILES = [
   "pyodide.asm.wasm",
@@ -269,6 +235,15 @@ function checkCacheDirOwner(cacheDir: string, stat: Deno.FileInfo): void {
   }
 }
 
+function unusableCacheDir(cacheDir: string, error: unknown): Error {
+  return new Error(
+    `Cannot use the cache folder: ${cacheDir} is not a writable directory (${
+      error instanceof Error ? error.message : String(error)
+    }); pass another \`cacheDir\``,
+    { cause: error },
+  );
+}
+
 function ensureCacheDir(cacheDir: string): void {
   let stat: Deno.FileInfo;
   try {
@@ -278,12 +253,7 @@ function ensureCacheDir(cacheDir: string): void {
       throw new Error("not a directory");
     }
   } catch (error) {
-    throw new Error(
-      `Cannot use the cache folder: ${cacheDir} is not a writable directory (${
-        error instanceof Error ? error.message : String(error)
-      }); pass another \`cacheDir\``,
-      { cause: error },
-    );
+    throw unusableCacheDir(cacheDir, error);
   }
   checkCacheDirOwner(cacheDir, stat);
   try {
@@ -291,12 +261,7 @@ function ensureCacheDir(cacheDir: string): void {
     Deno.writeTextFileSync(probe, "");
     Deno.removeSync(probe);
   } catch (error) {
-    throw new Error(
-      `Cannot use the cache folder: ${cacheDir} is not a writable directory (${
-        error instanceof Error ? error.message : String(error)
-      }); pass another \`cacheDir\``,
-      { cause: error },
-    );
+    throw unusableCacheDir(cacheDir, error);
   }
 }
 
@@ -382,19 +347,6 @@ function locatePyodide(
   return found;
 }
 
-/**
- * Writes a file through a temporary sibling and a rename, so concurrent
- * writers and readers never see a half-written file.
- *
- * @param path Destination.
- * @param data Contents.
- */
-export function writeFileAtomicSync(path: string, data: Uint8Array): void {
-  const tmp = `${path}.${crypto.randomUUID()}.tmp`;
-  Deno.writeFileSync(tmp, data, { mode: 0o600 });
-  Deno.renameSync(tmp, path);
-}
-
 function linkChildDenoDir(
   cacheDir: string,
   denoDir: string,
@@ -444,134 +396,6 @@ function linkChildDenoDir(
     Deno.renameSync(tmp, path);
   }
   return dir;
-}
-
-const RUNNER_URL = new URL("./runner.ts", import.meta.url);
-
-function runnerFile(
-  cacheDir: string,
-): { runnerPath: string; runnerHash: string } {
-  if (RUNNER_URL.protocol === "file:") {
-    // The files on disk are what the child runs (and may differ from the
-    // imported text while someone edits them): hash those.
-    const dir = decodeURIComponent(new URL(".", RUNNER_URL).pathname);
-    const sources = RUNNER_FILES.map(([name]) =>
-      [name, Deno.readTextFileSync(join(dir, name))] as const
-    );
-    return {
-      runnerPath: decodeURIComponent(RUNNER_URL.pathname),
-      runnerHash: setHash(sources),
-    };
-  }
-  // Imported from a registry: the child runs with --no-remote and gets a
-  // local copy of the sources this module imported, in a folder of their
-  // own, written and checked by materializeRunner().
-  const runnerHash = setHash(RUNNER_FILES);
-  return {
-    runnerPath: join(cacheDir, `runner-${runnerHash}`, "runner.ts"),
-    runnerHash,
-  };
-}
-
-function setHash(files: readonly (readonly [string, string])[]): string {
-  return fnv(
-    [PYODIDE_VERSION, ...files.map(([name, text]) => `${name}\n${text}`)]
-      .join("\n\0"),
-  );
-}
-
-function fnv(text: string): string {
-  // Two FNV-1a passes with different seeds: a cache key, not a security check.
-  let a = 0x811c9dc5;
-  let b = 0x01000193 ^ 0x5bd1e995;
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    a = Math.imul(a ^ c, 0x01000193) >>> 0;
-    b = Math.imul(b ^ c, 0x5bd1e995) >>> 0;
-  }
-  return a.toString(16).padStart(8, "0") + b.toString(16).padStart(8, "0");
-}
-
-let runnerBytes: Map<string, Uint8Array> | undefined;
-
-/** Fingerprints of runner copies whose bytes were compared, by path. */
-const checkedRunners = new Map<string, string>();
-
-function runnerFingerprint(stat: Deno.FileInfo): string {
-  // ctime too: a rewrite that restores size and mtime still changes it.
-  return [stat.size, stat.mtime?.getTime(), stat.ctime?.getTime(), stat.ino]
-    .join(":") + (stat.isFile ? "" : ":not-a-file");
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
-}
-
-/**
- * Makes sure the runner files a child runs hold this module's runner. When
- * the module was imported from a registry, the runner is a folder of copies
- * in the cache folder (`runner-<hash>/`, one per file of the set): each
- * file's bytes are compared with the source this module imported once per
- * process and again whenever the file's size, mtime or inode changes (so
- * call it before every spawn batch), and it is rewritten atomically when it
- * is missing or differs: a planted runner file never runs.
- *
- * @param env The environment.
- */
-export async function materializeRunner(env: Environment): Promise<void> {
-  if (RUNNER_URL.protocol === "file:") return;
-  runnerBytes ??= new Map(
-    RUNNER_FILES.map(([name, text]) => [name, new TextEncoder().encode(text)]),
-  );
-  const dir = env.runnerPath.slice(0, env.runnerPath.lastIndexOf("/"));
-  await ensureRunnerDir(dir);
-  for (const [name, bytes] of runnerBytes) {
-    await materializeFile(join(dir, name), bytes);
-  }
-}
-
-/** The set's folder: a real folder, never a link or a file planted there. */
-async function ensureRunnerDir(dir: string): Promise<void> {
-  let stat: Deno.FileInfo | undefined;
-  try {
-    stat = await Deno.lstat(dir);
-  } catch {
-    // Missing: created below.
-  }
-  if (stat?.isDirectory) return;
-  if (stat) await Deno.remove(dir, { recursive: true });
-  try {
-    await Deno.mkdir(dir, { mode: 0o700 });
-  } catch (error) {
-    // Another host made it at the same time.
-    if (!(error instanceof Deno.errors.AlreadyExists)) throw error;
-  }
-}
-
-async function materializeFile(path: string, bytes: Uint8Array): Promise<void> {
-  let stat: Deno.FileInfo | undefined;
-  try {
-    stat = await Deno.lstat(path);
-  } catch {
-    // Missing: written below.
-  }
-  if (stat && checkedRunners.get(path) === runnerFingerprint(stat)) return;
-  checkedRunners.delete(path);
-  let current: Uint8Array | undefined;
-  if (stat?.isFile) {
-    try {
-      current = await Deno.readFile(path);
-    } catch {
-      // Unreadable: rewritten below.
-    }
-  }
-  if (!current || !sameBytes(current, bytes)) {
-    if (stat && !stat.isFile) await Deno.remove(path, { recursive: true });
-    writeFileAtomicSync(path, bytes);
-  }
-  checkedRunners.set(path, runnerFingerprint(await Deno.lstat(path)));
 }
 
 /**
@@ -650,4 +474,15 @@ export function snapshotPath(env: Environment): string {
     env.cacheDir,
     `snapshot-${PYODIDE_VERSION}-${env.runnerHash}.bin`,
   );
+}
+
+/**
+ * Makes sure the runner files a child runs hold this module's runner (see
+ * `materializeRunnerFiles` in `_runner_copy.ts`).
+ *
+ * @param env The environment.
+ * @returns Settles when the copy is checked or rewritten.
+ */
+export function materializeRunner(env: Environment): Promise<void> {
+  return materializeRunnerFiles(env.runnerPath);
 }

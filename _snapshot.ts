@@ -6,6 +6,7 @@
  * @module
  */
 
+import { join } from "node:path";
 import { SandboxChild } from "./_child.ts";
 import {
   childArgs,
@@ -15,15 +16,30 @@ import {
   pyodideReadPaths,
   sha256Hex,
   snapshotPath,
-  writeFileAtomicSync,
 } from "./_setup.ts";
+import { writeFileAtomicSync } from "./_fs.ts";
 import { PYODIDE_VERSION } from "./runner.ts";
-import { ToParent } from "./_protocol.ts";
+import {
+  type ExecRequest,
+  INSTALL_CALL,
+  ToChild,
+  ToParent,
+} from "./_protocol.ts";
 import { buildPermissionFlag } from "./permissions.ts";
+import {
+  InstallError,
+  normalizeName,
+  type PackageResolver,
+  type Wheel,
+} from "./_packages.ts";
+import { sha256Bytes } from "./_wheel_cache.ts";
+import { encodeBase64 } from "./_bytes.ts";
 
 interface SnapshotRecord {
   pyodideVersion: string;
   runnerHash: string;
+  /** Preloaded snapshots: `name==version sha256` of each wheel. */
+  packages?: string[];
   size: number;
   sha256: string;
   createdAt: string;
@@ -148,7 +164,8 @@ async function pruneOldSnapshots(
     for await (const entry of Deno.readDir(cacheDir)) {
       if (!/^snapshot-.*\.bin$/.test(entry.name)) continue;
       const path = `${cacheDir}/${entry.name}`;
-      if (path === keep) continue;
+      // In use by this process (base or preloaded): kept.
+      if (path === keep || verified.has(path)) continue;
       const stat = await Deno.stat(path);
       const age = Date.now() - (stat.mtime?.getTime() ?? Date.now());
       if (age < STALE_SNAPSHOT_MS) continue;
@@ -205,4 +222,234 @@ export async function ensureSnapshot(env: Environment): Promise<string> {
   }
   await pending;
   return path;
+}
+
+/** Preloaded states of this process, by path, once verified. */
+const preloaded = new Map<string, Promise<Uint8Array>>();
+
+/**
+ * Python that imports the wanted pure-Python packages (without binding
+ * names in the user's namespace) and records the compiled ones, which a
+ * pooled child imports when it warms up: the libraries they load live
+ * outside the snapshot's memory and would not come back with it.
+ */
+function importCode(wheels: Wheel[], wanted: string[]): string {
+  const names = new Set(wanted.map(normalizeName));
+  const now: string[] = [];
+  const later: string[] = [];
+  for (const wheel of wheels) {
+    if (!names.has(normalizeName(wheel.name))) continue;
+    for (const name of wheel.imports) {
+      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) continue;
+      (wheel.native ? later : now).push(name);
+    }
+  }
+  return [
+    ...now.map((name) => `__import__(${JSON.stringify(name)})`),
+    `__import__("_pyodide_sandbox")._preload_imports[:] = ${
+      JSON.stringify(later)
+    }`,
+  ].join("\n");
+}
+
+/**
+ * The path of the preloaded snapshot for a package set: keyed by the
+ * wanted names, each wheel's name, version and sha256, the Pyodide version
+ * and the runner.
+ */
+async function preloadPath(
+  env: Environment,
+  packages: string[],
+  wheels: Wheel[],
+): Promise<{ path: string; listed: string[] }> {
+  const listed: string[] = [];
+  for (const wheel of wheels) {
+    listed.push(
+      `${wheel.name}==${wheel.version} ${await sha256Bytes(wheel.data)}`,
+    );
+  }
+  const key = await sha256Hex(JSON.stringify({
+    pyodide: PYODIDE_VERSION,
+    runner: env.runnerHash,
+    wanted: [...new Set(packages.map(normalizeName))].sort(),
+    wheels: listed,
+  }));
+  return {
+    path: join(
+      env.cacheDir,
+      `snapshot-${PYODIDE_VERSION}-${env.runnerHash}-preload-${
+        key.slice(0, 32)
+      }.bin`,
+    ),
+    listed,
+  };
+}
+
+/** The install reply for the build child: the wheels, encoded. */
+function installReply(wheels: Wheel[], args: unknown[]): string {
+  const installed = new Set(
+    (Array.isArray(args[2]) ? args[2] : []).map((n) =>
+      normalizeName(String(n))
+    ),
+  );
+  return JSON.stringify({
+    ok: true,
+    value: wheels.filter((w) => !installed.has(normalizeName(w.name))).map((
+      w,
+    ) => ({
+      name: w.name,
+      version: w.version,
+      fileName: w.fileName,
+      installDir: w.installDir,
+      // Compiled code is only unpacked: its libraries are loaded when the
+      // code imports it, in the process that runs it.
+      unpackOnly: w.native,
+      data: encodeBase64(w.data),
+    })),
+  });
+}
+
+/** Builds a preloaded state: a child installs and imports, then saves. */
+async function buildPreload(
+  env: Environment,
+  path: string,
+  packages: string[],
+  wheels: Wheel[],
+  listed: string[],
+): Promise<Uint8Array> {
+  const started = performance.now();
+  const base = await ensureSnapshot(env);
+  const reads = [...pyodideReadPaths(env), base];
+  const child = await SandboxChild.spawn({
+    denoPath: env.denoPath,
+    args: childArgs(env, 2048, [buildPermissionFlag("read", reads)!]),
+    env: childEnv(env, {}),
+    rssLimitBytes: 0,
+  }, { mode: "serve", snapshotPath: base, oneShot: true, revokeRead: reads });
+  let outcome;
+  try {
+    const request: ExecRequest = {
+      code: importCode(wheels, packages),
+      wantState: true,
+      maxFileBytes: 0,
+      maxTotalFileBytes: 0,
+      install: { packages },
+    };
+    outcome = await child.call(
+      ToChild.exec,
+      request,
+      undefined,
+      ToParent.result,
+      {
+        deadline: performance.now() + BUILD_TIMEOUT_MS,
+        soft: false,
+        maxOutputBytes: 64 * 1024,
+        maxDisplayBytes: 0,
+        onCall: (call) =>
+          Promise.resolve(
+            call.name === INSTALL_CALL
+              ? installReply(wheels, call.args)
+              : JSON.stringify({ ok: false, message: "No host functions" }),
+          ),
+      },
+    );
+  } finally {
+    child.close();
+  }
+  const header = outcome.frame?.json as
+    | { out?: { ok?: boolean; error?: { message?: string } } }
+    | undefined;
+  if (!outcome.frame || !header?.out?.ok || outcome.frame.bin.length === 0) {
+    const why = header?.out?.error?.message ?? outcome.ended ??
+      child.describeExit();
+    throw new InstallError(
+      `The preloaded packages (${
+        packages.join(", ")
+      }) could not be installed and imported: ${why}${
+        outcome.stderr ? `\n${outcome.stderr.slice(-2000)}` : ""
+      }`,
+    );
+  }
+  const bin = outcome.frame.bin.slice();
+  const record: SnapshotRecord = {
+    pyodideVersion: PYODIDE_VERSION,
+    runnerHash: env.runnerHash,
+    packages: listed,
+    size: bin.length,
+    sha256: await sha256Bytes(bin),
+    createdAt: new Date().toISOString(),
+    buildMs: Math.round(performance.now() - started),
+  };
+  writeFileAtomicSync(path, bin);
+  writeFileAtomicSync(
+    `${path}.json`,
+    new TextEncoder().encode(JSON.stringify(record)),
+  );
+  verified.set(path, fingerprint(await Deno.stat(path)));
+  await pruneOldSnapshots(env.cacheDir, path);
+  return bin;
+}
+
+/** Reads a preloaded state whose record matches its size and sha256. */
+async function readVerified(path: string): Promise<Uint8Array | undefined> {
+  try {
+    const record = JSON.parse(
+      await Deno.readTextFile(`${path}.json`),
+    ) as SnapshotRecord;
+    if (record.pyodideVersion !== PYODIDE_VERSION) return undefined;
+    const bin = await Deno.readFile(path);
+    if (bin.length !== record.size) return undefined;
+    if ((await sha256Bytes(bin)) !== record.sha256) return undefined;
+    verified.set(path, fingerprint(await Deno.stat(path)));
+    return bin;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The preloaded state for a package set: the session state of an
+ * interpreter started from the base snapshot that installed the packages
+ * and imported the pure-Python ones. Built once per package set (wheels by
+ * sha256), Pyodide version and runner, stored next to the base snapshot
+ * with its size and sha256, verified before use and rebuilt when it does
+ * not match; pruned like the base snapshot. Pooled children and sessions
+ * start from it.
+ *
+ * @param env The environment.
+ * @param packages The wanted packages (the `preload` option).
+ * @param resolver Where their wheels come from (verified, cached).
+ * @returns The state bytes (for `ChildInit.state`) and the file's path.
+ * @throws {InstallError} When a package cannot be found, fetched, verified,
+ *   installed or imported.
+ */
+export async function ensurePreload(
+  env: Environment,
+  packages: string[],
+  resolver: PackageResolver,
+): Promise<{ state: Uint8Array; path: string }> {
+  await materializeRunner(env);
+  const wheels = await resolver.resolve([], packages, []);
+  const { path, listed } = await preloadPath(env, packages, wheels);
+  let pending = preloaded.get(path);
+  if (!pending) {
+    pending = (async () =>
+      await readVerified(path) ??
+        await buildPreload(env, path, packages, wheels, listed))();
+    preloaded.set(path, pending);
+    pending.catch(() => preloaded.delete(path));
+  }
+  return { state: await pending, path };
+}
+
+/**
+ * Forgets a preloaded state (a child failed to start from it): the next
+ * {@linkcode ensurePreload} verifies the file again, rebuilding it when it
+ * does not match.
+ *
+ * @param path The preloaded snapshot's path.
+ */
+export function distrustPreload(path: string): void {
+  preloaded.delete(path);
+  verified.delete(path);
 }

@@ -3,10 +3,17 @@
  * {@linkcode PyodideSandbox} and answers requests from the blocked caller
  * thread through a MessagePort plus a shared counter the caller waits on.
  *
+ * `sync_sandbox.ts` imports this module statically, so that it is part of
+ * the module graph the host loads (and caches) before the caller's thread
+ * blocks: a worker that had to download it while the main thread waits in
+ * `Atomics.wait` would never start. Imported on the main thread it does
+ * nothing; in a worker started with {@linkcode SYNC_WORKER_MARKER} in its
+ * `workerData` it starts serving.
+ *
  * @module
  */
 
-import { workerData } from "node:worker_threads";
+import { isMainThread, workerData } from "node:worker_threads";
 import type { MessagePort } from "node:worker_threads";
 import {
   type HostFunction,
@@ -15,60 +22,137 @@ import {
 } from "./sandbox.ts";
 import { fromShared, toShared } from "./_bytes.ts";
 
+/** The `workerData` field that makes a worker thread start serving. */
+export const SYNC_WORKER_MARKER = "pyodideSandboxSyncWorker";
+
 interface Data {
+  [SYNC_WORKER_MARKER]: true;
   port: MessagePort;
   control: SharedArrayBuffer;
   options: Record<string, unknown>;
   functionNames: string[];
 }
 
-const { port, control, options, functionNames } = workerData as Data;
+// deno-lint-ignore no-explicit-any
+type Request = any;
 
-// Nothing a child sends may end this thread: a dead worker would leave the
-// caller blocked until its timeout. The host code is written not to reject
-// unhandled; this is the net behind it.
-globalThis.addEventListener("unhandledrejection", (event) => {
-  event.preventDefault();
-  console.error(
-    `pyodide-sandbox: unhandled error in the sync worker: ${
-      event.reason instanceof Error ? event.reason.message : event.reason
-    }`,
-  );
-});
-const counter = new Int32Array(control);
-const pendingCalls = new Map<
-  number,
-  { resolve: (value: unknown) => void; reject: (error: Error) => void }
->();
-let nextCall = 1;
+/** One worker thread's sandbox, sessions and pending host calls. */
+class SyncWorker {
+  #port: MessagePort;
+  #counter: Int32Array;
+  #pendingCalls = new Map<
+    number,
+    { resolve: (value: unknown) => void; reject: (error: Error) => void }
+  >();
+  #nextCall = 1;
+  #sandbox: PyodideSandbox;
+  #sessions = new Map<string, PyodideSession>();
 
-/** Host functions live on the caller's thread: ask it, wait for its reply. */
-function callerFunction(name: string) {
-  return (...args: unknown[]): Promise<unknown> =>
-    new Promise((resolve, reject) => {
-      const callId = nextCall++;
-      pendingCalls.set(callId, { resolve, reject });
-      post({ event: "call", callId, name, args });
+  constructor({ port, control, options, functionNames }: Data) {
+    this.#port = port;
+    this.#counter = new Int32Array(control);
+    const { auditEvents, ...sandboxOptions } = options;
+    this.#sandbox = new PyodideSandbox({
+      ...sandboxOptions,
+      ...(auditEvents
+        ? { onAudit: (data: unknown) => this.#post({ event: "audit", data }) }
+        : {}),
+      skipDenoCheck: true,
+      functions: Object.fromEntries(
+        functionNames.map((
+          name,
+        ) => [name, this.#callerFunction(name) as HostFunction]),
+      ),
     });
-}
+    port.on("message", (request: Request) => this.#onMessage(request));
+    this.#post({ id: 0, ok: true, value: "ready" });
+  }
 
-const { auditEvents, ...sandboxOptions } = options;
-const sandbox = new PyodideSandbox({
-  ...sandboxOptions,
-  ...(auditEvents
-    ? { onAudit: (data: unknown) => post({ event: "audit", data }) }
-    : {}),
-  skipDenoCheck: true,
-  functions: Object.fromEntries(
-    functionNames.map((name) => [name, callerFunction(name) as HostFunction]),
-  ),
-});
-const sessions = new Map<string, PyodideSession>();
+  /** Host functions live on the caller's thread: ask it, wait for its reply. */
+  #callerFunction(name: string) {
+    return (...args: unknown[]): Promise<unknown> =>
+      new Promise((resolve, reject) => {
+        const callId = this.#nextCall++;
+        this.#pendingCalls.set(callId, { resolve, reject });
+        this.#post({ event: "call", callId, name, args });
+      });
+  }
 
-function post(message: unknown): void {
-  port.postMessage(message);
-  Atomics.add(counter, 0, 1);
-  Atomics.notify(counter, 0);
+  #post(message: unknown): void {
+    this.#port.postMessage(message);
+    Atomics.add(this.#counter, 0, 1);
+    Atomics.notify(this.#counter, 0);
+  }
+
+  #session(id: string): PyodideSession {
+    const session = this.#sessions.get(id);
+    if (!session) throw new TypeError("The session is closed");
+    return session;
+  }
+
+  async #handle(request: Request): Promise<unknown> {
+    const opts = { ...(request.options ?? {}) };
+    if (opts.sessionBytes) opts.sessionBytes = fromShared(opts.sessionBytes);
+    // Callbacks stay on the caller's thread: forward the events to it.
+    for (
+      const [flag, event] of [
+        ["onStdout", "stdout"],
+        ["onStderr", "stderr"],
+        ["onDisplay", "display"],
+      ]
+    ) {
+      if (opts[flag]) {
+        opts[flag] = (data: unknown) =>
+          this.#post({ event, request: request.id, data });
+      }
+    }
+    switch (request.op) {
+      case "execute":
+        return sharedResult(
+          { ...await this.#sandbox.execute(request.code, opts) },
+        );
+      case "openSession": {
+        const session = await this.#sandbox.openSession(opts);
+        this.#sessions.set(session.id, session);
+        return session.id;
+      }
+      case "sessionExecute":
+        return sharedResult({
+          ...await this.#session(request.session).execute(request.code, opts),
+        });
+      case "sessionSave":
+        return sharedResult({ ...await this.#session(request.session).save() });
+      case "sessionClose": {
+        const session = this.#sessions.get(request.session);
+        this.#sessions.delete(request.session);
+        await session?.close();
+        return null;
+      }
+      case "close":
+        await this.#sandbox.close();
+        return null;
+    }
+    throw new TypeError(`Unknown request: ${request.op}`);
+  }
+
+  async #onMessage(request: Request): Promise<void> {
+    if (request.op === "callReply") {
+      const pending = this.#pendingCalls.get(request.callId);
+      this.#pendingCalls.delete(request.callId);
+      if (request.ok) pending?.resolve(request.value);
+      else pending?.reject(new Error(request.message));
+      return;
+    }
+    try {
+      this.#post({
+        id: request.id,
+        ok: true,
+        value: await this.#handle(request),
+      });
+    } catch (error) {
+      this.#post({ id: request.id, ok: false, error: errorInfo(error) });
+    }
+  }
 }
 
 function errorInfo(error: unknown): Record<string, unknown> {
@@ -86,72 +170,24 @@ function sharedResult(result: Record<string, unknown>): unknown {
   return out;
 }
 
-// deno-lint-ignore no-explicit-any
-async function handle(request: any): Promise<unknown> {
-  const opts = { ...(request.options ?? {}) };
-  if (opts.sessionBytes) opts.sessionBytes = fromShared(opts.sessionBytes);
-  // Callbacks stay on the caller's thread: forward the events to it.
-  for (
-    const [flag, event] of [
-      ["onStdout", "stdout"],
-      ["onStderr", "stderr"],
-      ["onDisplay", "display"],
-    ]
-  ) {
-    if (opts[flag]) {
-      opts[flag] = (data: unknown) =>
-        post({ event, request: request.id, data });
-    }
-  }
-  switch (request.op) {
-    case "execute":
-      return sharedResult(
-        { ...await sandbox.execute(request.code, opts) },
-      );
-    case "openSession": {
-      const session = await sandbox.openSession(opts);
-      sessions.set(session.id, session);
-      return session.id;
-    }
-    case "sessionExecute": {
-      const session = sessions.get(request.session);
-      if (!session) throw new TypeError("The session is closed");
-      return sharedResult(
-        { ...await session.execute(request.code, opts) },
-      );
-    }
-    case "sessionSave": {
-      const session = sessions.get(request.session);
-      if (!session) throw new TypeError("The session is closed");
-      const saved = await session.save();
-      return sharedResult({ ...saved });
-    }
-    case "sessionClose": {
-      const session = sessions.get(request.session);
-      sessions.delete(request.session);
-      await session?.close();
-      return null;
-    }
-    case "close":
-      await sandbox.close();
-      return null;
-  }
-  throw new TypeError(`Unknown request: ${request.op}`);
+function startSyncWorker(data: Data): void {
+  // Nothing a child sends may end this thread: a dead worker would leave the
+  // caller blocked until its timeout. The host code is written not to reject
+  // unhandled; this is the net behind it.
+  globalThis.addEventListener("unhandledrejection", (event) => {
+    event.preventDefault();
+    console.error(
+      `pyodide-sandbox: unhandled error in the sync worker: ${
+        event.reason instanceof Error ? event.reason.message : event.reason
+      }`,
+    );
+  });
+  new SyncWorker(data);
 }
 
-// deno-lint-ignore no-explicit-any
-port.on("message", async (request: any) => {
-  if (request.op === "callReply") {
-    const pending = pendingCalls.get(request.callId);
-    pendingCalls.delete(request.callId);
-    if (request.ok) pending?.resolve(request.value);
-    else pending?.reject(new Error(request.message));
-    return;
-  }
-  try {
-    post({ id: request.id, ok: true, value: await handle(request) });
-  } catch (error) {
-    post({ id: request.id, ok: false, error: errorInfo(error) });
-  }
-});
-post({ id: 0, ok: true, value: "ready" });
+if (
+  !isMainThread &&
+  (workerData as Partial<Data> | null)?.[SYNC_WORKER_MARKER] === true
+) {
+  startSyncWorker(workerData as Data);
+}

@@ -4,6 +4,11 @@
  * `deno task serve` (server.ts) is this handler plus flags, auth checks at
  * start-up and graceful shutdown.
  *
+ * The handler is a thin HTTP adapter: a route table (method, `URLPattern`,
+ * handler, in the style of std's `http/unstable_route.ts`) over the shared
+ * service core (`_service.ts`: sandbox, sessions, admission, auth, close).
+ * The OpenAPI document is generated from the same table (`_openapi.ts`).
+ *
  * ```ts ignore
  * import { createHandler } from "./handler.ts";
  *
@@ -14,24 +19,49 @@
  * @module
  */
 
-import { concatBytes } from "./_bytes.ts";
+import type { PyodideSandbox } from "./sandbox.ts";
+import { SessionError } from "./sandbox.ts";
+import type { SandboxOptions } from "./options.ts";
+import { UnknownSessionError } from "./_session_store.ts";
+import { WWW_AUTHENTICATE } from "./_auth.ts";
+import { integerOption, SandboxService } from "./_service.ts";
+import { storeMetrics } from "./_http.ts";
 import {
-  type ExecuteOptions,
-  PyodideSandbox,
-  type SandboxOptions,
-  SessionError,
-} from "./sandbox.ts";
+  API_ROUTES,
+  openApiDocument,
+  type OperationId,
+  PLAYGROUND_ROUTE,
+  type RouteDoc,
+  routesDocument,
+} from "./_openapi.ts";
 import {
-  type CodeExecutionResult,
-  ERROR_KINDS,
-  type SessionMetadata,
-} from "./result.ts";
-import {
-  SessionLimitError,
-  SessionStore,
-  UnknownSessionError,
-} from "./_session_store.ts";
-import { bearerProblem, WWW_AUTHENTICATE } from "./_auth.ts";
+  errorResponse,
+  HttpError,
+  json,
+  parseExecute,
+  parseImport,
+  readJson,
+} from "./_http.ts";
+import { CorsPolicy } from "./_cors.ts";
+import { playgroundPage } from "./_playground.ts";
+
+export { openApiDocument };
+
+/**
+ * A shared session store, as returned by `redisSessionStore(url, options)`
+ * of the `./server` entry (its full API is documented there). Only
+ * stores made by that function are accepted.
+ */
+export interface SharedSessionStore {
+  /** The store's URL, with the password shown as `***`. */
+  readonly url: string;
+  /**
+   * Closes the store's connection.
+   *
+   * @returns Settles when closed.
+   */
+  close(): Promise<void>;
+}
 
 /**
  * Options of {@linkcode createHandler}. Permissions and limits are set here
@@ -58,9 +88,9 @@ export interface HandlerOptions {
    */
   sandboxOptions?: SandboxOptions;
   /**
-   * Bearer token every request except `GET /healthz` must carry
-   * (`Authorization: Bearer <token>`). Without it there is no auth: only
-   * serve such a handler on loopback.
+   * Bearer token every request except `GET /healthz` (and the playground
+   * page) must carry (`Authorization: Bearer <token>`). Without it there is
+   * no auth: only serve such a handler on loopback.
    * @default {undefined}
    */
   token?: string;
@@ -103,6 +133,31 @@ export interface HandlerOptions {
    * @default {""}
    */
   basePath?: string;
+  /**
+   * Serve the playground page (a single HTML page to write and run Python
+   * in) at `GET /` (under `basePath`). The page itself needs no token; the
+   * token is typed into the page and sent with the API calls it makes.
+   * @default {false}
+   */
+  playground?: boolean;
+  /**
+   * Origins (`scheme://host[:port]`) whose web pages may call the API, or
+   * `"*"` for every origin. Off by default: no CORS headers are sent and
+   * preflights get `405`. A listed origin is answered with its own name
+   * and `Access-Control-Allow-Credentials: true`; `"*"` never allows
+   * credentials and needs a `token`. Requests from other origins get no
+   * CORS headers, and their preflights `403`.
+   * @default {[]}
+   */
+  corsOrigins?: string[];
+  /**
+   * A shared session store from `redisSessionStore()` (server.ts): any
+   * replica serves any session, each step is written back before it is
+   * answered, `maxSessions` bounds this replica's cached live children.
+   * Not closed by `close()`. Without it sessions live in this process.
+   * @default {undefined}
+   */
+  sessionStore?: SharedSessionStore;
 }
 
 /**
@@ -122,7 +177,8 @@ export interface SandboxHandler {
   /**
    * Stops taking requests (`503`), waits for running ones (at most
    * `graceSeconds`, by default the maximum timeout plus 5 s), then closes
-   * every session and, if the handler created it, the sandbox.
+   * every session and, if the handler created it, the sandbox. A second
+   * call can only shorten the wait.
    *
    * @param options How long to wait for running requests.
    * @returns Settles when everything is closed.
@@ -132,815 +188,230 @@ export interface SandboxHandler {
   [Symbol.asyncDispose](): Promise<void>;
 }
 
-/** An HTTP method the API uses. */
-type Method = "GET" | "POST" | "DELETE";
-
-/** Static description of one route: what the handler serves and documents. */
-interface RouteSpec {
-  method: Method;
-  path: string;
-  operationId: OperationId;
-  summary: string;
-  auth: boolean;
-  requestBody?: { schema: string; required: boolean };
-  responses: Record<string, string>;
-}
-
-type OperationId =
-  | "getHealth"
-  | "getMetrics"
-  | "getOpenApi"
-  | "execute"
-  | "createSession"
-  | "listSessions"
-  | "executeInSession"
-  | "exportSession"
-  | "deleteSession";
-
-const JSON_ERRORS = {
-  "400": "Bad JSON or fields",
-  "401": "Missing or invalid bearer token",
-  "413": "Body over the size limit",
-  "415": "Body is not application/json",
-};
-
-/** The API's routes; the router and the OpenAPI document are built from it. */
-const ROUTES: readonly RouteSpec[] = [
-  {
-    method: "GET",
-    path: "/healthz",
-    operationId: "getHealth",
-    summary: "Liveness: 200 while serving, 503 while shutting down",
-    auth: false,
-    responses: { "200": "Health", "503": "Error" },
-  },
-  {
-    method: "GET",
-    path: "/metrics",
-    operationId: "getMetrics",
-    summary: "Metrics in Prometheus text format",
-    auth: true,
-    responses: { "200": "Metrics", "401": "Error", "503": "Error" },
-  },
-  {
-    method: "GET",
-    path: "/openapi.json",
-    operationId: "getOpenApi",
-    summary: "This OpenAPI 3.1 document",
-    auth: true,
-    responses: { "200": "OpenApi", "401": "Error", "503": "Error" },
-  },
-  {
-    method: "POST",
-    path: "/v1/execute",
-    operationId: "execute",
-    summary: "Run code in a fresh interpreter",
-    auth: true,
-    requestBody: { schema: "ExecuteRequest", required: true },
-    responses: {
-      "200": "CodeExecutionResult",
-      "400": "Error",
-      "401": "Error",
-      "413": "Error",
-      "415": "Error",
-      "429": "Error",
-      "503": "Error",
-    },
-  },
-  {
-    method: "POST",
-    path: "/v1/sessions",
-    operationId: "createSession",
-    summary: "Open a live session, optionally importing exported bytes",
-    auth: true,
-    requestBody: { schema: "SessionImport", required: false },
-    responses: {
-      "201": "SessionCreated",
-      "400": "Error",
-      "401": "Error",
-      "413": "Error",
-      "415": "Error",
-      "429": "Error",
-      "503": "Error",
-    },
-  },
-  {
-    method: "GET",
-    path: "/v1/sessions",
-    operationId: "listSessions",
-    summary: "List live sessions with their age and size",
-    auth: true,
-    responses: { "200": "SessionList", "401": "Error", "503": "Error" },
-  },
-  {
-    method: "POST",
-    path: "/v1/sessions/{id}/execute",
-    operationId: "executeInSession",
-    summary: "Run code in a live session",
-    auth: true,
-    requestBody: { schema: "ExecuteRequest", required: true },
-    responses: {
-      "200": "CodeExecutionResult",
-      "400": "Error",
-      "401": "Error",
-      "404": "Error",
-      "413": "Error",
-      "415": "Error",
-      "429": "Error",
-      "503": "Error",
-    },
-  },
-  {
-    method: "GET",
-    path: "/v1/sessions/{id}/export",
-    operationId: "exportSession",
-    summary: "Save a session's state as base64 bytes and metadata",
-    auth: true,
-    responses: {
-      "200": "SessionExport",
-      "401": "Error",
-      "404": "Error",
-      "409": "Error",
-      "503": "Error",
-    },
-  },
-  {
-    method: "DELETE",
-    path: "/v1/sessions/{id}",
-    operationId: "deleteSession",
-    summary: "Close a session",
-    auth: true,
-    responses: {
-      "204": "",
-      "401": "Error",
-      "404": "Error",
-      "503": "Error",
-    },
-  },
-];
-
-const DESCRIPTIONS: Record<string, string> = {
-  "200": "OK",
-  "201": "Created",
-  "204": "Deleted",
-  "404": "Unknown session",
-  "409": "The session was lost and cannot be exported",
-  "429": "Queue or session limit full",
-  "503": "Shutting down",
-  ...JSON_ERRORS,
-};
-
-const BASE64 = { type: "string", contentEncoding: "base64" };
-
-const SCHEMAS: Record<string, unknown> = {
-  Error: {
-    type: "object",
-    required: ["error"],
-    properties: { error: { type: "string" } },
-  },
-  Health: {
-    type: "object",
-    required: ["status"],
-    properties: {
-      status: { type: "string", enum: ["ok", "shutting_down"] },
-      poolSize: { type: "integer" },
-      sessions: { type: "integer" },
-      running: { type: "integer" },
-      queued: { type: "integer" },
-    },
-  },
-  Metrics: { type: "string" },
-  OpenApi: { type: "object" },
-  ExecuteRequest: {
-    type: "object",
-    required: ["code"],
-    additionalProperties: false,
-    properties: {
-      code: { type: "string", description: "Python source" },
-      timeoutSeconds: {
-        type: "number",
-        exclusiveMinimum: 0,
-        description: "Capped at the server's maximum, which is the default",
-      },
-      stdin: { type: "string", description: "What input() reads" },
-      files: {
-        type: "object",
-        description:
-          "Files written into the sandbox before the run: text, or {base64} for bytes",
-        additionalProperties: {
-          oneOf: [
-            { type: "string" },
-            {
-              type: "object",
-              required: ["base64"],
-              additionalProperties: false,
-              properties: { base64: BASE64 },
-            },
-          ],
-        },
-      },
-    },
-  },
-  ExecutionError: {
-    type: "object",
-    required: ["kind", "message"],
-    properties: {
-      kind: {
-        type: "string",
-        description: `One of ${ERROR_KINDS.join(", ")} (or a newer kind)`,
-      },
-      type: { type: "string" },
-      message: { type: "string" },
-      traceback: { type: "string" },
-    },
-  },
-  CodeExecutionResult: {
-    type: "object",
-    required: ["status", "stdout", "stderr", "result", "executionTime"],
-    properties: {
-      status: { type: "string", enum: ["success", "error"] },
-      stdout: { type: "string" },
-      stderr: { type: "string" },
-      stdoutTruncated: { type: "boolean" },
-      stderrTruncated: { type: "boolean" },
-      result: { description: "JSON value of the last expression" },
-      executionTime: { type: "number" },
-      sessionBytes: BASE64,
-      sessionMetadata: { $ref: "#/components/schemas/SessionMetadata" },
-      error: { $ref: "#/components/schemas/ExecutionError" },
-      displays: {
-        type: "array",
-        description:
-          "Rich displays as MIME bundles (binary types such as image/png as base64)",
-        items: { type: "object" },
-      },
-      files: {
-        type: "array",
-        description: "Files created or changed under the working folder",
-        items: {
-          type: "object",
-          required: ["path", "size", "content", "truncated"],
-          properties: {
-            path: { type: "string" },
-            size: { type: "integer" },
-            content: BASE64,
-            truncated: { type: "boolean" },
-          },
-        },
-      },
-    },
-  },
-  SessionMetadata: {
-    type: "object",
-    required: ["pyodideVersion", "createdAt", "updatedAt"],
-    properties: {
-      pyodideVersion: { type: "string" },
-      createdAt: { type: "string" },
-      updatedAt: { type: "string" },
-    },
-  },
-  SessionImport: {
-    type: "object",
-    additionalProperties: false,
-    properties: {
-      sessionBytes: BASE64,
-      sessionMetadata: { $ref: "#/components/schemas/SessionMetadata" },
-    },
-    dependentRequired: {
-      sessionBytes: ["sessionMetadata"],
-      sessionMetadata: ["sessionBytes"],
-    },
-  },
-  SessionCreated: {
-    type: "object",
-    required: ["id"],
-    properties: { id: { type: "string" } },
-  },
-  SessionExport: {
-    type: "object",
-    required: ["sessionBytes", "sessionMetadata"],
-    properties: {
-      sessionBytes: BASE64,
-      sessionMetadata: { $ref: "#/components/schemas/SessionMetadata" },
-    },
-  },
-  SessionList: {
-    type: "object",
-    required: ["sessions"],
-    properties: {
-      sessions: {
-        type: "array",
-        items: {
-          type: "object",
-          required: ["id", "createdAt", "ageSeconds", "idleSeconds"],
-          properties: {
-            id: { type: "string" },
-            createdAt: { type: "string" },
-            ageSeconds: { type: "number" },
-            idleSeconds: { type: "number" },
-            executions: { type: "integer" },
-            sizeBytes: {
-              type: ["integer", "null"],
-              description: "Size of the last imported or exported bytes",
-            },
-            alive: { type: "boolean" },
-          },
-        },
-      },
-    },
-  },
-};
+/** What a route's handler gets: the request and the path's parameters. */
+type RouteHandler = (
+  req: Request,
+  params: Record<string, string>,
+) => Promise<Response>;
 
 /**
- * Builds the OpenAPI 3.1 document of the API, from the same route table
- * the handler dispatches on.
- *
- * @param basePath The prefix the API is mounted under.
- * @returns The document, a JSON-safe object.
- * @example
- * ```ts
- * import { openApiDocument } from "./handler.ts";
- * const doc = openApiDocument();
- * console.log(Object.keys(doc.paths as object).includes("/v1/execute")); // true
- * ```
+ * One entry of the route table: its documentation, the methods and the
+ * `URLPattern` it matches, and its handler.
  */
-export function openApiDocument(basePath = ""): Record<string, unknown> {
-  const paths: Record<string, Record<string, unknown>> = {};
-  for (const route of ROUTES) {
-    const key = basePath + route.path;
-    const item = paths[key] ??= {};
-    if (route.path.includes("{id}")) {
-      item.parameters = [{
-        name: "id",
-        in: "path",
-        required: true,
-        schema: { type: "string" },
-      }];
-    }
-    const responses: Record<string, unknown> = {};
-    for (const [code, schema] of Object.entries(route.responses)) {
-      const response: Record<string, unknown> = {
-        description: DESCRIPTIONS[code] ?? code,
-      };
-      if (schema) {
-        response.content = {
-          [schema === "Metrics" ? "text/plain" : "application/json"]: {
-            schema: { $ref: `#/components/schemas/${schema}` },
-          },
-        };
-      }
-      responses[code] = response;
-    }
-    responses.default = {
-      description: "Unexpected error",
-      content: {
-        "application/json": {
-          schema: { $ref: "#/components/schemas/Error" },
-        },
-      },
-    };
-    const operation: Record<string, unknown> = {
-      operationId: route.operationId,
-      summary: route.summary,
-      responses,
-    };
-    if (!route.auth) operation.security = [];
-    if (route.requestBody) {
-      operation.requestBody = {
-        required: route.requestBody.required,
-        content: {
-          "application/json": {
-            schema: {
-              $ref: `#/components/schemas/${route.requestBody.schema}`,
-            },
-          },
-        },
-      };
-    }
-    item[route.method.toLowerCase()] = operation;
-  }
-  return {
-    openapi: "3.1.0",
-    info: {
-      title: "Pyodide sandbox",
-      version: "1",
-      description:
-        "Runs untrusted Python in Pyodide inside child Deno processes. Bytes are base64 in JSON.",
-    },
-    security: [{ bearerAuth: [] }],
-    paths,
-    components: {
-      schemas: SCHEMAS,
-      securitySchemes: { bearerAuth: { type: "http", scheme: "bearer" } },
-    },
-  };
+interface Route extends RouteDoc {
+  methods: readonly string[];
+  pattern: URLPattern;
+  handler: RouteHandler;
 }
 
-/** An error answered with a status code and a JSON `{ error }` body. */
-class HttpError extends Error {
-  status: number;
-  headers?: Record<string, string>;
-  constructor(
-    status: number,
-    message: string,
-    headers?: Record<string, string>,
+/** The handler's own settings, past the service's. */
+interface HttpSettings {
+  basePath: string;
+  maxBodyBytes: number;
+  playground: boolean;
+  cors: CorsPolicy;
+}
+
+function httpSettings(options: HandlerOptions): HttpSettings {
+  const basePath = (options.basePath ?? "").replace(/\/+$/, "");
+  if (basePath && !basePath.startsWith("/")) {
+    throw new TypeError(
+      `Invalid basePath: expected a path starting with "/", got "${basePath}"`,
+    );
+  }
+  if (
+    options.playground !== undefined && typeof options.playground !== "boolean"
   ) {
-    super(message);
-    this.status = status;
-    this.headers = headers;
-  }
-}
-
-const HISTOGRAM_BUCKETS = [
-  0.01,
-  0.025,
-  0.05,
-  0.1,
-  0.25,
-  0.5,
-  1,
-  2.5,
-  5,
-  10,
-  30,
-  60,
-  120,
-];
-
-/** Counters and a histogram, rendered in Prometheus text format. */
-class Metrics {
-  executions = new Map<string, number>();
-  buckets: number[] = HISTOGRAM_BUCKETS.map(() => 0);
-  sum = 0;
-  count = 0;
-  requests = new Map<string, number>();
-  rejected = new Map<string, number>();
-
-  constructor() {
-    this.executions.set(`success|none`, 0);
-    for (const kind of ERROR_KINDS) this.executions.set(`error|${kind}`, 0);
-    for (const reason of ["queue_full", "session_limit", "body_too_large"]) {
-      this.rejected.set(reason, 0);
-    }
-  }
-
-  execution(result: CodeExecutionResult): void {
-    const key = result.status === "success"
-      ? "success|none"
-      : `error|${result.error?.kind ?? "crash"}`;
-    this.executions.set(key, (this.executions.get(key) ?? 0) + 1);
-    const t = result.executionTime;
-    HISTOGRAM_BUCKETS.forEach((le, i) => {
-      if (t <= le) this.buckets[i]++;
-    });
-    this.sum += t;
-    this.count++;
-  }
-
-  request(status: number): void {
-    const key = String(status);
-    this.requests.set(key, (this.requests.get(key) ?? 0) + 1);
-  }
-
-  reject(reason: string): void {
-    this.rejected.set(reason, (this.rejected.get(reason) ?? 0) + 1);
-  }
-
-  render(gauges: Record<string, [string, number]>): string {
-    const p = "pyodide_sandbox_";
-    const lines: string[] = [];
-    const head = (name: string, type: string, help: string) => {
-      lines.push(`# HELP ${p}${name} ${help}`, `# TYPE ${p}${name} ${type}`);
-    };
-    head(
-      "executions_total",
-      "counter",
-      "Executions finished, by status and error kind.",
-    );
-    for (const [key, n] of this.executions) {
-      const [status, kind] = key.split("|");
-      lines.push(
-        `${p}executions_total{status="${status}",kind="${kind}"} ${n}`,
-      );
-    }
-    head(
-      "execution_duration_seconds",
-      "histogram",
-      "Wall-clock time of executions, start-up included.",
-    );
-    HISTOGRAM_BUCKETS.forEach((le, i) => {
-      lines.push(
-        `${p}execution_duration_seconds_bucket{le="${le}"} ${this.buckets[i]}`,
-      );
-    });
-    lines.push(
-      `${p}execution_duration_seconds_bucket{le="+Inf"} ${this.count}`,
-      `${p}execution_duration_seconds_sum ${this.sum}`,
-      `${p}execution_duration_seconds_count ${this.count}`,
-    );
-    for (const [name, [help, value]] of Object.entries(gauges)) {
-      head(name, "gauge", help);
-      lines.push(`${p}${name} ${value}`);
-    }
-    head("http_requests_total", "counter", "HTTP responses, by status code.");
-    for (const [code, n] of [...this.requests].sort()) {
-      lines.push(`${p}http_requests_total{code="${code}"} ${n}`);
-    }
-    head(
-      "rejected_requests_total",
-      "counter",
-      "Requests refused for a full queue, the session limit or a large body.",
-    );
-    for (const [reason, n] of this.rejected) {
-      lines.push(`${p}rejected_requests_total{reason="${reason}"} ${n}`);
-    }
-    return lines.join("\n") + "\n";
-  }
-}
-
-function toBase64(bytes: Uint8Array): string {
-  return (bytes as Uint8Array & { toBase64(): string }).toBase64();
-}
-
-function fromBase64(field: string, text: unknown): Uint8Array {
-  if (typeof text !== "string") {
-    throw new HttpError(
-      400,
-      `Invalid ${field}: expected a base64 string, got ${jsonType(text)}`,
-    );
-  }
-  try {
-    return (Uint8Array as unknown as {
-      fromBase64(s: string): Uint8Array;
-    }).fromBase64(text);
-  } catch {
-    throw new HttpError(400, `Invalid ${field}: not valid base64`);
-  }
-}
-
-function jsonType(value: unknown): string {
-  if (value === null) return "null";
-  if (Array.isArray(value)) return "array";
-  return typeof value;
-}
-
-/** JSON with every `Uint8Array` as a base64 string. */
-function json(
-  body: unknown,
-  status = 200,
-  headers: Record<string, string> = {},
-): Response {
-  const text = JSON.stringify(
-    body,
-    (_key, value) => value instanceof Uint8Array ? toBase64(value) : value,
-  );
-  return new Response(text, {
-    status,
-    headers: { "content-type": "application/json", ...headers },
-  });
-}
-
-async function readBody(req: Request, max: number): Promise<Uint8Array> {
-  const declared = req.headers.get("content-length");
-  if (declared !== null && Number(declared) > max) {
-    throw new HttpError(
-      413,
-      `Request body too large: ${declared} bytes is more than the limit of ${max}`,
-    );
-  }
-  if (!req.body) return new Uint8Array();
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  const reader = req.body.getReader();
-  while (true) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    total += value.length;
-    if (total > max) {
-      await reader.cancel().catch(() => {});
-      throw new HttpError(
-        413,
-        `Request body too large: more than the limit of ${max} bytes`,
-      );
-    }
-    chunks.push(value);
-  }
-  return concatBytes(chunks);
-}
-
-/** Reads a JSON object body; `undefined` for an empty body when allowed. */
-async function readJson(
-  req: Request,
-  max: number,
-  required: boolean,
-): Promise<Record<string, unknown> | undefined> {
-  const bytes = await readBody(req, max);
-  if (bytes.length === 0) {
-    if (required) {
-      throw new HttpError(400, "Invalid request: expected a JSON body");
-    }
-    return undefined;
-  }
-  const type = req.headers.get("content-type") ?? "";
-  if (!/^application\/json\s*(;|$)/i.test(type)) {
-    throw new HttpError(
-      415,
-      `Unsupported content type: expected application/json, got ${
-        type ? `"${type}"` : "none"
-      }`,
-    );
-  }
-  let body: unknown;
-  try {
-    body = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
-  } catch (error) {
-    throw new HttpError(
-      400,
-      `Invalid JSON: ${error instanceof Error ? error.message : error}`,
-    );
-  }
-  if (body === null || typeof body !== "object" || Array.isArray(body)) {
-    throw new HttpError(
-      400,
-      `Invalid request: expected a JSON object, got ${jsonType(body)}`,
-    );
-  }
-  return body as Record<string, unknown>;
-}
-
-function checkFields(
-  body: Record<string, unknown>,
-  allowed: readonly string[],
-): void {
-  for (const key of Object.keys(body)) {
-    if (!allowed.includes(key)) {
-      throw new HttpError(
-        400,
-        `Unknown field: "${key}", expected one of ${allowed.join(", ")}`,
-      );
-    }
-  }
-}
-
-/** What an execute request asks for. */
-interface ExecuteRequest {
-  code: string;
-  options: ExecuteOptions & { files?: Record<string, string | Uint8Array> };
-}
-
-function parseExecute(
-  body: Record<string, unknown>,
-  maxTimeoutSeconds: number,
-): ExecuteRequest {
-  checkFields(body, ["code", "timeoutSeconds", "stdin", "files"]);
-  if (typeof body.code !== "string") {
-    throw new HttpError(
-      400,
-      `Invalid code: expected a string, got ${jsonType(body.code)}`,
-    );
-  }
-  let timeout = maxTimeoutSeconds;
-  if (body.timeoutSeconds !== undefined) {
-    const t = body.timeoutSeconds;
-    if (typeof t !== "number" || !Number.isFinite(t) || t <= 0) {
-      throw new HttpError(
-        400,
-        `Invalid timeoutSeconds: expected a positive number, got ${
-          typeof t === "number" ? t : jsonType(t)
-        }`,
-      );
-    }
-    timeout = Math.min(t, maxTimeoutSeconds);
-  }
-  const options: ExecuteRequest["options"] = { timeoutSeconds: timeout };
-  if (body.stdin !== undefined) {
-    if (typeof body.stdin !== "string") {
-      throw new HttpError(
-        400,
-        `Invalid stdin: expected a string, got ${jsonType(body.stdin)}`,
-      );
-    }
-    options.stdin = body.stdin;
-  }
-  if (body.files !== undefined) {
-    const files = body.files;
-    if (files === null || typeof files !== "object" || Array.isArray(files)) {
-      throw new HttpError(
-        400,
-        `Invalid files: expected an object mapping paths to contents, got ${
-          jsonType(files)
-        }`,
-      );
-    }
-    const out: Record<string, string | Uint8Array> = {};
-    for (const [path, content] of Object.entries(files)) {
-      if (typeof content === "string") {
-        out[path] = content;
-      } else if (
-        content !== null && typeof content === "object" &&
-        !Array.isArray(content) && Object.keys(content).length === 1 &&
-        "base64" in content
-      ) {
-        out[path] = fromBase64(`files["${path}"].base64`, content.base64);
-      } else {
-        throw new HttpError(
-          400,
-          `Invalid files["${path}"]: expected a string or {"base64": "..."}, got ${
-            jsonType(content)
-          }`,
-        );
-      }
-    }
-    options.files = out;
-  }
-  return { code: body.code, options };
-}
-
-function parseImport(
-  body: Record<string, unknown> | undefined,
-): { sessionBytes?: Uint8Array; sessionMetadata?: SessionMetadata } {
-  if (!body) return {};
-  checkFields(body, ["sessionBytes", "sessionMetadata"]);
-  if (body.sessionBytes === undefined && body.sessionMetadata === undefined) {
-    return {};
-  }
-  if (body.sessionBytes === undefined || body.sessionMetadata === undefined) {
-    throw new HttpError(
-      400,
-      "Invalid session import: sessionBytes and sessionMetadata go together",
-    );
-  }
-  const meta = body.sessionMetadata;
-  if (meta === null || typeof meta !== "object" || Array.isArray(meta)) {
-    throw new HttpError(
-      400,
-      `Invalid sessionMetadata: expected an object, got ${jsonType(meta)}`,
+    throw new TypeError(
+      `Invalid playground: expected a boolean, got ${typeof options
+        .playground}`,
     );
   }
   return {
-    sessionBytes: fromBase64("sessionBytes", body.sessionBytes),
-    sessionMetadata: meta as SessionMetadata,
+    basePath,
+    maxBodyBytes: integerOption(
+      "maxBodyBytes",
+      options.maxBodyBytes,
+      32 * 1024 * 1024,
+    ),
+    playground: options.playground ?? false,
+    cors: new CorsPolicy(options.corsOrigins, options.token !== undefined),
   };
 }
 
-function checkPositiveInteger(
-  name: string,
-  value: number | undefined,
-  fallback: number,
-  min = 1,
-): number {
-  const v = value ?? fallback;
-  if (typeof v !== "number" || !Number.isInteger(v)) {
-    throw new TypeError(`Invalid ${name}: expected an integer, got ${v}`);
-  }
-  if (v < min) {
-    throw new RangeError(`Invalid ${name}: expected at least ${min}, got ${v}`);
-  }
-  return v;
+/** The handler of every operation, by operation id. */
+function operations(
+  service: SandboxService,
+  settings: HttpSettings,
+  document: () => Record<string, unknown>,
+): Record<OperationId, RouteHandler> {
+  const { sandbox, sessions, replicated } = service;
+  const max = settings.maxBodyBytes;
+  return {
+    getPlayground: () => Promise.resolve(playgroundPage()),
+    async getHealth() {
+      const body: Record<string, unknown> = {
+        status: service.closing ? "shutting_down" : "ok",
+        poolSize: sandbox.poolSize,
+        sessions: (replicated ?? sessions).size,
+        running: service.running,
+        queued: sandbox.queueLength,
+      };
+      if (replicated) {
+        const { store } = replicated;
+        body.store = { url: store.url, reachable: await store.ping() };
+      }
+      return json(body, service.closing ? 503 : 200);
+    },
+    getMetrics() {
+      const text = service.metrics.render({
+        queue_length: ["Executions waiting for a slot.", sandbox.queueLength],
+        running_executions: [
+          "Executions admitted and not waiting.",
+          service.running,
+        ],
+        pool_size: ["Warm children waiting in the pool.", sandbox.poolSize],
+        sessions: ["Live sessions.", (replicated ?? sessions).size],
+      }) + (replicated ? storeMetrics(replicated.store.stats()) : "");
+      return Promise.resolve(
+        new Response(text, {
+          headers: { "content-type": "text/plain; version=0.0.4" },
+        }),
+      );
+    },
+    getOpenApi: () => Promise.resolve(json(document())),
+    async execute(req) {
+      const { code, options } = parseExecute((await readJson(req, max, true))!);
+      // No abort signal from the request: Deno.serve aborts it after every
+      // response, and the timeout bounds the call anyway.
+      return json(await service.execute(code, options));
+    },
+    async createSession(req) {
+      const saved = parseImport(await readJson(req, max, false));
+      return json({ id: await service.createSession(saved) }, 201);
+    },
+    listSessions: async () =>
+      json({ sessions: await (replicated ?? sessions).list() }),
+    async executeInSession(req, { id }) {
+      if (!replicated && !sessions.has(id)) throw new UnknownSessionError(id);
+      const { code, options } = parseExecute((await readJson(req, max, true))!);
+      // No abort signal: a client that goes away must not kill the session.
+      return json(await service.executeInSession(id, code, options));
+    },
+    async exportSession(_req, { id }) {
+      try {
+        return json(await (replicated ?? sessions).export(id));
+      } catch (error) {
+        if (error instanceof SessionError) {
+          throw new HttpError(409, error.message);
+        }
+        throw error;
+      }
+    },
+    async deleteSession(_req, { id }) {
+      if (!(await (replicated ?? sessions).delete(id))) {
+        throw new UnknownSessionError(id);
+      }
+      return new Response(null, { status: 204 });
+    },
+  };
 }
 
-function checkPositiveNumber(
-  name: string,
-  value: number | undefined,
-  fallback: number,
-): number {
-  const v = value ?? fallback;
-  if (typeof v !== "number" || Number.isNaN(v)) {
-    throw new TypeError(`Invalid ${name}: expected a number, got ${v}`);
+/** Builds the route table from the route documentation. */
+function routeTable(
+  docs: readonly RouteDoc[],
+  handlers: Record<OperationId, RouteHandler>,
+): Route[] {
+  return docs.map((doc) => ({
+    ...doc,
+    methods: doc.operationId === "getPlayground"
+      ? ["GET", "HEAD"]
+      : [doc.method],
+    pattern: new URLPattern({
+      pathname: doc.path.replace(/\{(\w+)\}/g, ":$1"),
+    }),
+    handler: handlers[doc.operationId],
+  }));
+}
+
+/** The route a path and method select, or the methods the path serves. */
+function match(
+  routes: readonly Route[],
+  method: string,
+  pathname: string,
+): { route: Route; params: Record<string, string> } | string[] {
+  const allowed: string[] = [];
+  for (const route of routes) {
+    const found = route.pattern.exec({ pathname });
+    if (!found) continue;
+    const params: Record<string, string> = {};
+    try {
+      for (const [name, value] of Object.entries(found.pathname.groups)) {
+        params[name] = decodeURIComponent(value ?? "");
+      }
+    } catch {
+      continue;
+    }
+    if (route.methods.includes(method)) return { route, params };
+    allowed.push(...route.methods);
   }
-  if (!(v > 0) || v === Infinity) {
-    throw new RangeError(
-      `Invalid ${name}: expected a positive number, got ${v}`,
+  return allowed;
+}
+
+/**
+ * Routes one request: the base path, the table, preflights, `405` with
+ * `Allow`, the token, and `503` while closing.
+ */
+async function dispatch(
+  req: Request,
+  routes: readonly Route[],
+  settings: HttpSettings,
+  service: SandboxService,
+): Promise<Response> {
+  let path = new URL(req.url).pathname;
+  const base = settings.basePath;
+  if (base) {
+    if (path !== base && !path.startsWith(base + "/")) {
+      throw new HttpError(404, `Not found: ${path}`);
+    }
+    path = path.slice(base.length) || "/";
+  }
+  const found = match(routes, req.method, path);
+  if (Array.isArray(found)) {
+    if (found.length === 0) throw new HttpError(404, `Not found: ${path}`);
+    if (settings.cors.isPreflight(req)) {
+      return settings.cors.preflight(req, found);
+    }
+    throw new HttpError(
+      405,
+      `Method not allowed: ${req.method} ${path}, expected ${
+        found.join(" or ")
+      }`,
+      { allow: found.join(", ") },
     );
   }
-  return v;
-}
-
-/** Maps a thrown error to a response. */
-function errorResponse(error: unknown): Response {
-  if (error instanceof HttpError) {
-    return json({ error: error.message }, error.status, error.headers);
+  const { route, params } = found;
+  if (route.auth) {
+    const problem = await service.authProblem(req);
+    if (problem) {
+      throw new HttpError(401, problem, {
+        "www-authenticate": WWW_AUTHENTICATE,
+      });
+    }
   }
-  if (error instanceof UnknownSessionError) {
-    return json({ error: error.message }, 404);
+  if (service.closing && route.operationId !== "getHealth") {
+    throw new HttpError(503, "The server is shutting down", {
+      connection: "close",
+    });
   }
-  if (error instanceof SessionLimitError) {
-    return json({ error: error.message }, 429);
-  }
-  if (error instanceof SessionError) {
-    return json({ error: error.message }, 400);
-  }
-  if (error instanceof TypeError || error instanceof RangeError) {
-    return json({ error: `Invalid request: ${error.message}` }, 400);
-  }
-  const message = error instanceof Error ? error.message : String(error);
-  return json({ error: `Internal error: ${message}` }, 500);
+  return await route.handler(req, params);
 }
 
 /**
  * Creates a request handler serving the sandbox's JSON API: `POST
  * /v1/execute`, the `/v1/sessions` routes, `GET /healthz`, `GET /metrics`
- * and `GET /openapi.json`.
+ * and `GET /openapi.json` (and, with `playground: true`, the playground
+ * page at `GET /`).
  *
  * @param options The sandbox (or its options), the token and the limits.
  * @returns A `(req: Request) => Promise<Response>` function with `sandbox`
@@ -960,270 +431,39 @@ function errorResponse(error: unknown): Response {
 export function createHandler(options: HandlerOptions = {}): SandboxHandler {
   if (options === null || typeof options !== "object") {
     throw new TypeError(
-      `Invalid handler options: expected an object, got ${jsonType(options)}`,
+      `Invalid handler options: expected an object, got ${
+        Array.isArray(options) ? "array" : typeof options
+      }`,
     );
   }
-  if (options.token !== undefined) {
-    if (typeof options.token !== "string") {
-      throw new TypeError(
-        `Invalid token: expected a string, got ${jsonType(options.token)}`,
-      );
-    }
-    if (options.token.length === 0) {
-      throw new RangeError("Invalid token: expected a non-empty string");
-    }
-  }
-  if (
-    options.sandbox !== undefined &&
-    !(options.sandbox instanceof PyodideSandbox)
-  ) {
-    throw new TypeError("Invalid sandbox: expected a PyodideSandbox");
-  }
-  const basePath = (options.basePath ?? "").replace(/\/+$/, "");
-  if (basePath && !basePath.startsWith("/")) {
-    throw new TypeError(
-      `Invalid basePath: expected a path starting with "/", got "${basePath}"`,
-    );
-  }
-  const maxConcurrency = checkPositiveInteger(
-    "maxConcurrency",
-    options.maxConcurrency,
-    4,
+  const settings = httpSettings(options);
+  const service = new SandboxService(options);
+  const docs = settings.playground
+    ? [PLAYGROUND_ROUTE, ...API_ROUTES]
+    : API_ROUTES;
+  let document: Record<string, unknown> | undefined;
+  const routes = routeTable(
+    docs,
+    operations(
+      service,
+      settings,
+      () => document ??= routesDocument(settings.basePath, routes),
+    ),
   );
-  const maxQueue = checkPositiveInteger("maxQueue", options.maxQueue, 16, 0);
-  const maxBodyBytes = checkPositiveInteger(
-    "maxBodyBytes",
-    options.maxBodyBytes,
-    32 * 1024 * 1024,
-  );
-  const maxTimeoutSeconds = checkPositiveNumber(
-    "maxTimeoutSeconds",
-    options.maxTimeoutSeconds,
-    options.sandboxOptions?.timeoutSeconds ?? 60,
-  );
-  const maxSessions = checkPositiveInteger(
-    "maxSessions",
-    options.maxSessions,
-    16,
-    0,
-  );
-  const sessionIdleSeconds = checkPositiveNumber(
-    "sessionIdleSeconds",
-    options.sessionIdleSeconds,
-    600,
-  );
-  const token = options.token;
-  const ownSandbox = options.sandbox === undefined;
-  const sandbox = options.sandbox ??
-    new PyodideSandbox({ maxConcurrency, ...options.sandboxOptions });
-  const store = new SessionStore(sandbox, {
-    maxSessions,
-    idleSeconds: sessionIdleSeconds,
-  });
-  const metrics = new Metrics();
-  const active = new Set<Promise<unknown>>();
-  let executions = 0;
-  let closing = false;
-  let closed: Promise<void> | undefined;
-  const document = openApiDocument(basePath);
-
-  /** Admission control: running plus queued executions are bounded. */
-  async function admitted<T>(fn: () => Promise<T>): Promise<T> {
-    if (executions >= maxConcurrency + maxQueue) {
-      metrics.reject("queue_full");
-      throw new HttpError(
-        429,
-        `Too many requests: ${maxConcurrency} executions are running and ${maxQueue} waiting; retry later`,
-        { "retry-after": "1" },
-      );
-    }
-    executions++;
-    try {
-      return await fn();
-    } finally {
-      executions--;
-    }
-  }
-
-  function record(result: CodeExecutionResult): Response {
-    metrics.execution(result);
-    return json(result);
-  }
-
-  const operations: Record<
-    OperationId,
-    (req: Request, id: string) => Promise<Response>
-  > = {
-    getHealth() {
-      const queued = sandbox.queueLength;
-      return Promise.resolve(json(
-        {
-          status: closing ? "shutting_down" : "ok",
-          poolSize: sandbox.poolSize,
-          sessions: store.size,
-          running: Math.max(0, executions - queued),
-          queued,
-        },
-        closing ? 503 : 200,
-      ));
-    },
-    getMetrics() {
-      const queued = sandbox.queueLength;
-      const text = metrics.render({
-        queue_length: ["Executions waiting for a slot.", queued],
-        running_executions: [
-          "Executions admitted and not waiting.",
-          Math.max(0, executions - queued),
-        ],
-        pool_size: ["Warm children waiting in the pool.", sandbox.poolSize],
-        sessions: ["Live sessions.", store.size],
-      });
-      return Promise.resolve(
-        new Response(text, {
-          headers: { "content-type": "text/plain; version=0.0.4" },
-        }),
-      );
-    },
-    getOpenApi() {
-      return Promise.resolve(json(document));
-    },
-    async execute(req) {
-      const body = await readJson(req, maxBodyBytes, true);
-      const { code, options } = parseExecute(body!, maxTimeoutSeconds);
-      // No abort signal from the request: Deno.serve aborts it after every
-      // response, and the timeout bounds the call anyway.
-      return await admitted(async () =>
-        record(await sandbox.execute(code, options))
-      );
-    },
-    async createSession(req) {
-      const body = await readJson(req, maxBodyBytes, false);
-      const saved = parseImport(body);
-      try {
-        return json({ id: await store.create(saved) }, 201);
-      } catch (error) {
-        if (error instanceof SessionLimitError) metrics.reject("session_limit");
-        throw error;
-      }
-    },
-    listSessions() {
-      return Promise.resolve(json({ sessions: store.list() }));
-    },
-    async executeInSession(req, id) {
-      if (!store.has(id)) throw new UnknownSessionError(id);
-      const body = await readJson(req, maxBodyBytes, true);
-      const { code, options } = parseExecute(body!, maxTimeoutSeconds);
-      // No abort signal: a client that goes away must not kill the session.
-      return await admitted(async () =>
-        record(await store.execute(id, code, options))
-      );
-    },
-    async exportSession(_req, id) {
-      try {
-        return json(await store.export(id));
-      } catch (error) {
-        if (error instanceof SessionError) {
-          throw new HttpError(409, error.message);
-        }
-        throw error;
-      }
-    },
-    async deleteSession(_req, id) {
-      if (!(await store.delete(id))) throw new UnknownSessionError(id);
-      return new Response(null, { status: 204 });
-    },
-  };
-
-  async function route(req: Request): Promise<Response> {
-    const url = new URL(req.url);
-    let path = url.pathname;
-    if (basePath) {
-      if (path !== basePath && !path.startsWith(basePath + "/")) {
-        throw new HttpError(404, `Not found: ${path}`);
-      }
-      path = path.slice(basePath.length) || "/";
-    }
-    const segments = path.split("/");
-    const allowed: Method[] = [];
-    for (const r of ROUTES) {
-      const pattern = r.path.split("/");
-      if (pattern.length !== segments.length) continue;
-      let id = "";
-      const match = pattern.every((p, i) => {
-        if (p === "{id}") {
-          try {
-            id = decodeURIComponent(segments[i]);
-          } catch {
-            return false;
-          }
-          return segments[i].length > 0;
-        }
-        return p === segments[i];
-      });
-      if (!match) continue;
-      if (r.method !== req.method) {
-        allowed.push(r.method);
-        continue;
-      }
-      if (r.auth && token !== undefined) {
-        const problem = await bearerProblem(req, token);
-        if (problem) {
-          throw new HttpError(401, problem, {
-            "www-authenticate": WWW_AUTHENTICATE,
-          });
-        }
-      }
-      if (closing && r.operationId !== "getHealth") {
-        throw new HttpError(503, "The server is shutting down", {
-          connection: "close",
-        });
-      }
-      return await operations[r.operationId](req, id);
-    }
-    if (allowed.length > 0) {
-      throw new HttpError(
-        405,
-        `Method not allowed: ${req.method} ${path}, expected ${
-          allowed.join(" or ")
-        }`,
-        { allow: allowed.join(", ") },
-      );
-    }
-    throw new HttpError(404, `Not found: ${path}`);
-  }
 
   const handler = async (req: Request): Promise<Response> => {
-    const run = route(req).catch(errorResponse);
-    active.add(run);
-    try {
-      const response = await run;
-      if (response.status === 413) metrics.reject("body_too_large");
-      metrics.request(response.status);
-      return response;
-    } finally {
-      active.delete(run);
-    }
+    const response = await service.track(
+      dispatch(req, routes, settings, service).catch(errorResponse),
+    );
+    if (response.status === 413) service.metrics.reject("body_too_large");
+    service.metrics.request(response.status);
+    return settings.cors.apply(req, response);
   };
 
-  function close(
-    { graceSeconds = maxTimeoutSeconds + 5 }: { graceSeconds?: number } = {},
-  ): Promise<void> {
-    closing = true;
-    closed ??= (async () => {
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([
-        Promise.allSettled([...active]),
-        new Promise((r) => timer = setTimeout(r, graceSeconds * 1000)),
-      ]);
-      clearTimeout(timer);
-      await store.close();
-      if (ownSandbox) await sandbox.close();
-    })();
-    return closed;
-  }
-
+  const close = (closeOptions?: { graceSeconds?: number }) =>
+    service.close(closeOptions);
   return Object.assign(handler, {
-    sandbox,
+    sandbox: service.sandbox,
     close,
     [Symbol.asyncDispose]: () => close(),
   });

@@ -16,20 +16,21 @@
 
 export {
   BasePyodideSandbox,
-  type ExecuteOptions,
-  type ExtraResultFields,
-  type HostFunction,
   PYODIDE_VERSION,
   PyodideSandbox,
-  PyodideSession,
-  type SandboxCommand,
-  type SandboxOptions,
-  type SavedSession,
   SessionError,
-  type SessionOptions,
-  type StreamEvent,
 } from "./sandbox.ts";
-export { InstallError } from "./_packages.ts";
+export type {
+  ExecuteOptions,
+  HostFunction,
+  SandboxCommand,
+  SandboxOptions,
+  SavedSession,
+  SessionOptions,
+  StreamEvent,
+} from "./options.ts";
+export { PyodideSession } from "./session.ts";
+export { DEFAULT_PACKAGE_INDEX_URL, InstallError } from "./_packages.ts";
 export type { AuditCallback, AuditLimits, AuditRecord } from "./_audit.ts";
 export {
   SyncPyodideSandbox,
@@ -45,6 +46,8 @@ export type {
   CodeExecutionResult,
   ErrorKind,
   ExecutionError,
+  ExecutionTiming,
+  ExtraResultFields,
   JsonValue,
   MimeBundle,
   NotSerializable,
@@ -53,8 +56,44 @@ export type {
 } from "./result.ts";
 export { ERROR_KINDS } from "./result.ts";
 export {
+  type ContentPart,
+  formatResult,
+  type FormatResultOptions,
+  IMAGE_MIME_TYPES,
+  type ImagePart,
+  type TextPart,
+} from "./format.ts";
+export {
+  type AnthropicImageBlock,
+  type AnthropicTextBlock,
+  type AnthropicTool,
+  type AnthropicToolResultBlock,
+  type AnthropicToolUseBlock,
+  type OpenAIFunctionTool,
+  type OpenAIImagePart,
+  type OpenAIToolCall,
+  type OpenAIToolMessage,
+  type OpenAIToolOutput,
+  PythonTool,
+  pythonTool,
+  type PythonToolCallOptions,
+  type PythonToolInput,
+  type PythonToolInputSchema,
+  type PythonToolOptions,
+  type PythonToolResult,
+} from "./tool.ts";
+export {
+  SessionLimitError,
+  SessionPool,
+  type SessionPoolEntry,
+  type SessionPoolExecuteOptions,
+  type SessionPoolOptions,
+  UnknownSessionError,
+} from "./sessions.ts";
+export {
   createHandler,
   type HandlerOptions,
   openApiDocument,
   type SandboxHandler,
+  type SharedSessionStore,
 } from "./handler.ts";

@@ -98,6 +98,22 @@ export interface ResultFile {
   truncated: boolean;
 }
 
+/**
+ * Where the time of one call went, in milliseconds. The three phases add up
+ * to `executionTime` (in seconds); `timeoutSeconds` covers all three.
+ */
+export interface ExecutionTiming {
+  /** Waiting in the queue for a free slot (`maxConcurrency`). */
+  queuedMs: number;
+  /**
+   * Taking a pooled child or starting a new one, until it was ready to run
+   * code (Pyodide loaded, session state restored).
+   */
+  startMs: number;
+  /** The call itself: running the code and collecting its result. */
+  runMs: number;
+}
+
 /** What every run returns. */
 export interface CodeExecutionResult {
   /** `"success"`, or `"error"` with details in `error`. */
@@ -123,4 +139,33 @@ export interface CodeExecutionResult {
   displays?: MimeBundle[];
   /** Files created or changed under the working folder. */
   files?: ResultFile[];
+  /**
+   * Some stdout was dropped because it exceeded `maxOutputBytes` (always set
+   * by the sandboxes).
+   */
+  stdoutTruncated?: boolean;
+  /**
+   * Some stderr was dropped because it exceeded `maxOutputBytes` (always set
+   * by the sandboxes).
+   */
+  stderrTruncated?: boolean;
+  /**
+   * Where the call's time went: queued, starting the child, running the
+   * code (always set by the sandboxes). A timeout's message names the same
+   * three phases.
+   */
+  timing?: ExecutionTiming;
+}
+
+/**
+ * The result fields that used to be separate from
+ * {@linkcode CodeExecutionResult}.
+ *
+ * @deprecated They are part of {@linkcode CodeExecutionResult} now.
+ */
+export interface ExtraResultFields {
+  /** Some stdout was dropped because it exceeded `maxOutputBytes`. */
+  stdoutTruncated: boolean;
+  /** Some stderr was dropped because it exceeded `maxOutputBytes`. */
+  stderrTruncated: boolean;
 }

@@ -69,6 +69,7 @@ import {
   writeInputFiles,
 } from "./_runner_files.ts";
 import { lockDown } from "./_runner_lockdown.ts";
+import { abortSuspendedFetches, installHttp } from "./_runner_http.ts";
 import {
   type Channel,
   type InMessage,
@@ -97,6 +98,7 @@ interface Helpers {
   plan(code: string, required: string): string;
   markInstalled(name: string, version: string): void;
   installed(): string;
+  importPreloaded(): void;
 }
 
 /** A loaded child: Pyodide, its helpers and the channel. */
@@ -108,6 +110,10 @@ interface Child {
   zlib: typeof import("node:zlib");
   /** Asks the parent and blocks until it answers (or an interrupt). */
   askParent(request: unknown): string;
+  /** Pyodide's own installer: unpacks a wheel and loads its libraries. */
+  installWheel: (data: Uint8Array, fileName: string, dir: string) => unknown;
+  /** Pyodide's install folder for a lock's `install_dir`. */
+  installDir: (name: string) => string;
 }
 
 /**
@@ -142,7 +148,10 @@ async function load(
       { _loadSnapshot: snapshot, _makeSnapshot: true } as never,
     );
   }
-  const state = unpackState(new U8(zlib.inflateRawSync(initState)));
+  const inflated = zlib.inflateRawSync(initState);
+  const state = unpackState(
+    new U8(inflated.buffer, inflated.byteOffset, inflated.length),
+  );
   if (!state) throw new Error("The session state is damaged");
   // Pyodide 314.0.7 restores a snapshot into the wasm heap without growing
   // it (its INITIAL_MEMORY hint is ignored: the heap starts at 36 MiB), so
@@ -179,6 +188,7 @@ function helpers(pyodide: Pyodide): Helpers {
     plan: module.plan,
     markInstalled: module.mark_installed,
     installed: module.installed,
+    importPreloaded: module.import_preloaded,
   };
 }
 
@@ -219,6 +229,22 @@ function connect(
     value: (payload: string) => askParent(parse(payload)),
   });
   channel.onInterrupt = () => interrupt(channel, py);
+  installHttp();
+  // Taken now: the installer is what Pyodide's loadPackage uses (shared
+  // libraries go to their folder and are loaded, like Pyodide does it).
+  const api = (pyodide as unknown as {
+    _api: {
+      install: (...args: unknown[]) => unknown;
+      package_loader: { get_install_dir: (name: string) => string };
+    };
+  })._api;
+  const pyodideInstall = api.install;
+  const getInstallDir = api.package_loader.get_install_dir;
+  const metadata = new Map([["INSTALLER", "pyodide-sandbox"]]);
+  const installWheel = (data: Uint8Array, fileName: string, dir: string) =>
+    pyodideInstall(data, fileName, dir, metadata);
+  const installDir = (name: string) =>
+    name === "site" ? SITE_PACKAGES : String(getInstallDir(name));
   pyodide.setStdout({
     write(buf: Uint8Array) {
       sendStream(ToParent.stdout, buf);
@@ -231,7 +257,16 @@ function connect(
       return buf.length;
     },
   });
-  return { pyodide, init, channel, py, zlib, askParent };
+  return {
+    pyodide,
+    init,
+    channel,
+    py,
+    zlib,
+    askParent,
+    installWheel,
+    installDir,
+  };
 }
 
 /** An interrupt frame while Python awaits (not running bytecode). */
@@ -239,6 +274,9 @@ function interrupt(channel: Channel, py: Helpers): void {
   // Python is not running bytecode (the event loop is turning), so the
   // buffer would only fire later, somewhere in the runner: cancel instead.
   new U8(channel.interruptBuffer)[0] = 0;
+  // Suspended in a synchronous fetch (urllib): the fetch is aborted and
+  // Python raises KeyboardInterrupt where it waits.
+  if (abortSuspendedFetches()) return;
   try {
     py.cancelCurrent();
   } catch (error) {
@@ -251,7 +289,7 @@ function interrupt(channel: Channel, py: Helpers): void {
 }
 
 /** Installs what the code imports; returns an error message or "". */
-function install(child: Child, request: ExecRequest): string {
+async function install(child: Child, request: ExecRequest): Promise<string> {
   if (!request.install) return "";
   const plan = parse(
     child.py.plan(request.code, toJson(request.install.packages)),
@@ -265,17 +303,30 @@ function install(child: Child, request: ExecRequest): string {
     ok?: boolean;
     interrupted?: boolean;
     message?: string;
-    value?: { name: string; version: string; fileName: string; data: string }[];
+    value?: {
+      name: string;
+      version: string;
+      fileName: string;
+      installDir?: string;
+      /** Unpack only: its libraries load when Python imports it. */
+      unpackOnly?: boolean;
+      data: string;
+    }[];
   };
   if (reply.interrupted) return "Installing packages was interrupted";
   if (!reply.ok) return reply.message ?? "Installing packages failed";
   for (const wheel of reply.value ?? []) {
     const bytes = Uint8Array.from(atob(wheel.data), (c) => c.charCodeAt(0));
-    const format = wheel.fileName.endsWith(".whl") ? "wheel" : "zip";
     try {
-      // Into site-packages, not the working folder (the default), where
-      // the package's files would show up in result.files.
-      child.pyodide.unpackArchive(bytes, format, { extractDir: SITE_PACKAGES });
+      // Into site-packages (or the shared-library folder), not the working
+      // folder, where the package's files would show up in result.files.
+      const dir = child.installDir(wheel.installDir ?? "site");
+      if (wheel.unpackOnly) {
+        const format = wheel.fileName.endsWith(".whl") ? "wheel" : "zip";
+        child.pyodide.unpackArchive(bytes, format, { extractDir: dir });
+      } else {
+        await child.installWheel(bytes, wheel.fileName, dir);
+      }
     } catch (error) {
       return `Package "${wheel.name}" could not be unpacked: ${error}`;
     }
@@ -356,11 +407,11 @@ function notRun(header: Record<string, unknown>): void {
  * @returns The file states, or `undefined` when the code must not run (a
  *   result was sent).
  */
-function beforeRun(
+async function beforeRun(
   child: Child,
   request: ExecRequest,
   bin: Uint8Array,
-): Map<string, string> | undefined {
+): Promise<Map<string, string> | undefined> {
   const pyodide = child.pyodide;
   setStdin(pyodide, request.stdin);
   const filesError = writeInputFiles(pyodide, request.files ?? [], bin);
@@ -397,7 +448,7 @@ function beforeRun(
   for (const warning of warnings) {
     send(ToParent.stderr, null, encodeText(`${warning}\n`));
   }
-  const installError = install(child, request);
+  const installError = await install(child, request);
   if (installError) {
     notRun({
       out: {
@@ -442,7 +493,7 @@ async function serveExec(child: Child, message: InMessage): Promise<void> {
   const request = parse(message.json) as ExecRequest;
   const interruptFlag = () => new U8(child.channel.interruptBuffer);
   interruptFlag()[0] = 0;
-  const before = beforeRun(child, request, message.bin);
+  const before = await beforeRun(child, request, message.bin);
   if (!before) return;
   let out: string;
   try {
@@ -481,6 +532,27 @@ async function warm(child: Child): Promise<void> {
   fileStates(child.pyodide, [HOME]);
   child.py.prepare("[]");
   await runPython(child, "pass");
+  // Compiled packages of a preloaded snapshot load now, while idle.
+  child.py.importPreloaded();
+}
+
+/**
+ * One full garbage collection, before any user code runs: an idle child
+ * allocates nothing, so V8 would keep the load's buffers (and their RSS,
+ * which a pooled child holds and its kill must free) indefinitely.
+ */
+async function collectGarbage(): Promise<void> {
+  try {
+    const v8 = await import("node:v8");
+    const vm = await import("node:vm");
+    // Affects only contexts made after this (vm and workers are locked
+    // down before user code runs); the function stays in this scope.
+    v8.setFlagsFromString("--expose-gc");
+    const gc = vm.runInNewContext("gc") as () => void;
+    gc();
+  } catch {
+    // Only memory is lost.
+  }
 }
 
 async function main(): Promise<void> {
@@ -506,6 +578,9 @@ async function main(): Promise<void> {
   }
   const child = connect(pyodide, init, channel, zlib);
   if (init.warm) await warm(child);
+  // The snapshot or session state read to load (tens of MB, more with
+  // preloaded packages) is garbage now: free it before the child idles.
+  await collectGarbage();
   // Last step before any user code can run: nothing below may need what
   // this takes away.
   lockDown();

@@ -12,25 +12,32 @@
  * `--allow-run`, `--allow-ffi`), `--timeout SECONDS` (default and maximum
  * per request), `--memory MB`, `--pool-size N`, `--max-concurrency N`,
  * `--max-queue N`, `--max-sessions N`, `--session-idle-seconds S`,
- * `--max-body-bytes N`, `--session-secret S` (or env
- * `SANDBOX_SESSION_SECRET`), `--cache-dir DIR`.
+ * `--max-body-bytes N`, `--max-output-bytes N`, `--session-secret S` (or
+ * env `SANDBOX_SESSION_SECRET`), `--cache-dir DIR`, `--package NAME`,
+ * `--package-dir DIR`, `--package-index URL`, `--cors-origin ORIGIN`,
+ * `--playground`, `--session-store redis://HOST:PORT[/DB]` (sessions shared
+ * by every replica through Redis; all replicas need the same
+ * `--session-secret`, or `--insecure-store`), `--help` and `--version`.
+ *
+ * The module also exports {@linkcode redisSessionStore}, the store to pass
+ * as `createHandler({ sessionStore })`.
  *
  * SIGTERM or SIGINT stops accepting connections, lets running calls finish
- * or time out, kills every child and exits 0.
+ * or time out, kills every child and exits 0. Exit code 1: the server
+ * could not start; 2: invalid command line.
  *
  * @module
  */
 
-import { createHandler, type SandboxHandler } from "./handler.ts";
-import { hostProblem, loopbackHosts } from "./_auth.ts";
-import {
-  envLookup,
-  fail,
-  isLoopbackHostname,
-  listenUrl,
-  parseNumberFlag,
-  parseSandboxFlags,
-} from "./_cli_flags.ts";
+import { createHandler } from "./handler.ts";
+import { parseNumberFlag } from "./_cli_flags.ts";
+import { parseServeFlags, serveHttp } from "./_serve.ts";
+import { redisSessionStore } from "./redis_store.ts";
+import type { RedisSessionStore } from "./_redis_store.ts";
+
+export * from "./redis_store.ts";
+
+const PROGRAM = "pyodide-sandbox server";
 
 const USAGE = `Usage: deno task serve [flags]
 
@@ -52,128 +59,118 @@ const USAGE = `Usage: deno task serve [flags]
   --max-sessions N           Live sessions at most; more get 429 (16)
   --session-idle-seconds S   Close sessions unused this long (600)
   --max-body-bytes N         Largest request body; more get 413 (33554432)
+  --max-output-bytes N       Largest stdout and stderr of one call
   --session-secret S         HMAC key for session bytes (or env
                              SANDBOX_SESSION_SECRET); share it between replicas
   --cache-dir DIR            Snapshot cache folder
+  --package NAME             Install a package in every child (repeatable)
+  --package-dir DIR          Folder of wheels to install from (offline)
+  --package-index URL        Index serving pyodide-lock.json (repeatable)
+  --no-package-index         No package index at all (offline)
+  --preload NAMES            Packages in the snapshot, comma-separated (repeatable)
+  --cors-origin ORIGIN       Let web pages from ORIGIN call the API
+                             (repeatable; "*" for any, needs a token; off
+                             by default)
+  --playground               Serve the playground page at / (off by default)
+  --session-store URL        Share sessions between replicas through Redis:
+                             redis://[:PASSWORD@]HOST:PORT[/DB] or rediss://
+                             (every replica needs the same --session-secret)
+  --insecure-store           Allow --session-store without --session-secret
   --help                     Show this help
+  --version                  Show the module and Pyodide versions
 `;
 
-/** Parses flags, starts the server and handles shutdown. */
-async function main(args: string[]): Promise<void> {
-  let parsed;
-  try {
-    parsed = parseSandboxFlags(args, {
-      hostname: { type: "string" },
-      port: { type: "string" },
-      token: { type: "string" },
-      "max-concurrency": { type: "string" },
-      "max-queue": { type: "string" },
-      "max-sessions": { type: "string" },
-      "session-idle-seconds": { type: "string" },
-      "max-body-bytes": { type: "string" },
-      help: { type: "boolean" },
-    });
-  } catch (error) {
-    fail(`${(error as Error).message}\n\n${USAGE}`, 2);
-  }
-  const { values, sandboxOptions } = parsed;
-  if (values.help) {
-    console.log(USAGE);
-    return;
-  }
-  const hostname = values.hostname ?? "127.0.0.1";
-  const token = values.token ?? envLookup("SANDBOX_TOKEN");
-  let handler: SandboxHandler;
-  let port: number;
-  try {
-    port = parseNumberFlag("--port", values.port ?? "8000", {
-      min: 0,
-      max: 65535,
-      integer: true,
-    })!;
-    const int = (flag: string, value: string | undefined, min: number) =>
-      parseNumberFlag(flag, value, { min, max: 2 ** 31, integer: true });
-    if (!isLoopbackHostname(hostname) && !token) {
-      fail(
-        `Refusing to listen on ${hostname} without a token: binding to anything but loopback needs --token or the SANDBOX_TOKEN environment variable, so that only holders of the token can run code`,
-        1,
+const FLAGS = {
+  "max-concurrency": { type: "string" },
+  "max-queue": { type: "string" },
+  "max-sessions": { type: "string" },
+  "session-idle-seconds": { type: "string" },
+  "max-body-bytes": { type: "string" },
+  "cors-origin": { type: "string", multiple: true },
+  playground: { type: "boolean" },
+  "session-store": { type: "string" },
+  "insecure-store": { type: "boolean" },
+} as const;
+
+/** The store `--session-store` asks for, checked; undefined without it. */
+function storeFromFlags(
+  url: string | undefined,
+  insecure: boolean,
+  sessionSecret: string | Uint8Array | undefined,
+  idleSeconds: number | undefined,
+): RedisSessionStore | undefined {
+  if (url === undefined) {
+    if (insecure) {
+      throw new TypeError(
+        "Invalid --insecure-store: it only applies with --session-store",
       );
     }
-    handler = createHandler({
+    return undefined;
+  }
+  if (sessionSecret === undefined && !insecure) {
+    throw new TypeError(
+      "Refusing --session-store without --session-secret: every replica must share the HMAC key (--session-secret or env SANDBOX_SESSION_SECRET) so stored bytes are authenticated; pass --insecure-store to accept unauthenticated bytes",
+    );
+  }
+  return redisSessionStore(url, {
+    sessionSecret,
+    ...(idleSeconds === undefined ? {} : { idleSeconds }),
+  });
+}
+
+/**
+ * Parses flags, starts the server and handles shutdown.
+ *
+ * @param args Command-line arguments.
+ * @returns Settles when the server has finished.
+ */
+async function main(args: string[]): Promise<void> {
+  const { values, sandboxOptions, listen } = parseServeFlags(args, {
+    program: PROGRAM,
+    usage: USAGE,
+    flags: FLAGS,
+  });
+  const int = (flag: string, value: string | undefined, min: number) =>
+    parseNumberFlag(flag, value, { min, max: 2 ** 31, integer: true });
+  await serveHttp({
+    ...listen,
+    program: PROGRAM,
+    notes: (url) => values.playground ? [`Playground: ${url}`] : [],
+  }, () => {
+    const idle = parseNumberFlag(
+      "--session-idle-seconds",
+      values["session-idle-seconds"],
+      { min: 0.001, max: 365 * 86_400 },
+    );
+    const store = storeFromFlags(
+      values["session-store"],
+      values["insecure-store"] === true,
+      sandboxOptions.sessionSecret,
+      idle === undefined ? undefined : Math.max(1, Math.ceil(idle)),
+    );
+    const handler = createHandler({
       sandboxOptions,
-      token,
+      token: listen.token,
       maxTimeoutSeconds: sandboxOptions.timeoutSeconds,
       maxConcurrency: int("--max-concurrency", values["max-concurrency"], 1),
       maxQueue: int("--max-queue", values["max-queue"], 0),
       maxSessions: int("--max-sessions", values["max-sessions"], 0),
-      sessionIdleSeconds: parseNumberFlag(
-        "--session-idle-seconds",
-        values["session-idle-seconds"],
-        { min: 0.001, max: 365 * 86_400 },
-      ),
+      sessionIdleSeconds: idle,
       maxBodyBytes: int("--max-body-bytes", values["max-body-bytes"], 1),
+      playground: values.playground === true,
+      corsOrigins: values["cors-origin"],
+      ...(store ? { sessionStore: store } : {}),
     });
-  } catch (error) {
-    fail((error as Error).message, 2);
-  }
-  try {
-    await handler.sandbox.warmup();
-  } catch (error) {
-    await handler.close({ graceSeconds: 0 });
-    fail(`The sandbox could not start: ${(error as Error).message}`, 1);
-  }
-
-  // Without a token, also refuse Host headers other than our own names, so a
-  // web page cannot reach the server through DNS rebinding.
-  let allowedHosts: Set<string> | undefined;
-  let server: Deno.HttpServer<Deno.NetAddr>;
-  try {
-    server = Deno.serve({
-      hostname,
-      port,
-      onListen(addr) {
-        if (!token) allowedHosts = loopbackHosts(addr);
-        console.log(
-          `pyodide-sandbox server listening on ${listenUrl(addr)} (auth: ${
-            token ? "bearer token" : "none, loopback only"
-          })`,
-        );
+    if (store) console.error(`Session store: ${store.url}`);
+    return {
+      handle: handler,
+      warmup: () => handler.sandbox.warmup(),
+      close: async (options) => {
+        await handler.close(options);
+        await store?.close();
       },
-    }, (req) => {
-      const refused = hostProblem(req, allowedHosts);
-      return refused ? Promise.resolve(refused) : handler(req);
-    });
-  } catch (error) {
-    await handler.close({ graceSeconds: 0 });
-    fail(
-      `Could not listen on ${hostname}:${port}: ${(error as Error).message}`,
-      1,
-    );
-  }
-
-  let stopping = false;
-  const stop = async (signal: string) => {
-    if (stopping) {
-      console.error(`${signal} again: killing running calls`);
-      await handler.close({ graceSeconds: 0 });
-      Deno.exit(0);
-    }
-    stopping = true;
-    console.error(
-      `${signal}: shutting down (finishing running calls, then stopping every child)`,
-    );
-    await Promise.all([server.shutdown(), handler.close()]);
-    console.error("Stopped");
-    Deno.exit(0);
-  };
-  for (const signal of ["SIGTERM", "SIGINT"] as const) {
-    try {
-      Deno.addSignalListener(signal, () => void stop(signal));
-    } catch {
-      // Not every platform has every signal.
-    }
-  }
-  await server.finished;
+    };
+  });
 }
 
 if (import.meta.main) {

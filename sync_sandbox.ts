@@ -16,16 +16,24 @@ import {
 import {
   BasePyodideSandbox,
   type ExecuteOptions,
-  type ExtraResultFields,
   type HostFunction,
   type SandboxOptions,
   type SavedSession,
   SessionError,
   type SessionOptions,
 } from "./sandbox.ts";
-import type { CodeExecutionResult, JsonValue, MimeBundle } from "./result.ts";
+import type {
+  CodeExecutionResult,
+  ExtraResultFields,
+  MimeBundle,
+} from "./result.ts";
+import { callHostFunctionSync } from "./_host_calls.ts";
+import type { HostCallReply } from "./_protocol.ts";
 import { fromShared, toShared } from "./_bytes.ts";
 import type { AuditCallback, AuditRecord } from "./_audit.ts";
+// A static import: the worker's module is loaded (downloaded, for a remote
+// import) with this one, before any caller blocks (see _sync_worker.ts).
+import { SYNC_WORKER_MARKER } from "./_sync_worker.ts";
 
 /** How long the caller waits for the worker thread to start. */
 const WORKER_START_MS = 20_000;
@@ -59,6 +67,27 @@ interface Handlers {
   onDisplay?: (bundle: MimeBundle) => void;
 }
 
+/**
+ * The URL the worker thread starts from. `node:worker_threads` starts only
+ * `file:` and `data:` modules: when this module was imported from elsewhere
+ * (JSR, an http server, an import map pointing at one), the worker is a
+ * `data:` module that imports `_sync_worker.ts` by its URL. The worker has
+ * the process's permissions, so the host's `--allow-import` covers it; the
+ * modules it loads are already in Deno's cache (this module imports them)
+ * and use no bare specifiers (no import map needed).
+ *
+ * @returns A `file:` or `data:` URL.
+ */
+function workerUrl(): URL {
+  const url = new URL("./_sync_worker.ts", import.meta.url);
+  if (url.protocol === "file:" || url.protocol === "data:") return url;
+  return new URL(
+    `data:text/javascript,${
+      encodeURIComponent(`import ${JSON.stringify(url.href)};`)
+    }`,
+  );
+}
+
 /** The worker, its port, and the shared counter the caller waits on. */
 class Bridge {
   #worker: Worker;
@@ -84,8 +113,9 @@ class Bridge {
     const control = new SharedArrayBuffer(4);
     this.#counter = new Int32Array(control);
     this.#port = port1;
-    this.#worker = new Worker(new URL("./_sync_worker.ts", import.meta.url), {
+    this.#worker = new Worker(workerUrl(), {
       workerData: {
+        [SYNC_WORKER_MARKER]: true,
         port: port2,
         control,
         options,
@@ -103,7 +133,7 @@ class Bridge {
       throw new Error(
         `The sandbox worker did not start within ${
           WORKER_START_MS / 1000
-        } seconds: its module failed to load or is blocked`,
+        } seconds: its module failed to load or is blocked (a module imported from a URL is fetched again under --reload while this thread waits: run without --reload)`,
         { cause: error },
       );
     }
@@ -151,34 +181,8 @@ class Bridge {
     }
   }
 
-  #callFunction(
-    name: string,
-    args: unknown[],
-  ): { ok: boolean; value?: unknown; message?: string } {
-    const fn = Object.hasOwn(this.#functions, name)
-      ? this.#functions[name]
-      : undefined;
-    if (!fn) return { ok: false, message: `No host function named ${name}` };
-    try {
-      const value = fn(...(args as JsonValue[]));
-      if (
-        value !== null && typeof value === "object" &&
-        typeof (value as { then?: unknown }).then === "function"
-      ) {
-        (value as Promise<unknown>).catch?.(() => {});
-        return {
-          ok: false,
-          message:
-            `Host function ${name} returned a Promise: host functions of SyncPyodideSandbox must return plain values`,
-        };
-      }
-      return { ok: true, value: value ?? null };
-    } catch (error) {
-      return {
-        ok: false,
-        message: error instanceof Error ? error.message : String(error),
-      };
-    }
+  #callFunction(name: string, args: unknown[]): HostCallReply {
+    return callHostFunctionSync(this.#functions, name, args);
   }
 
   #wait(id: number, timeoutMs: number): unknown {

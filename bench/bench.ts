@@ -192,6 +192,24 @@ async function runAll(env: Environment): Promise<void> {
   await sessionCases();
   await burstCase();
   await httpCase();
+  await poolRows();
+}
+
+/** The warm pool's cases (bench/pool.ts): first call, idle child CPU. */
+async function poolRows(): Promise<void> {
+  const { poolCases } = await import("./pool.ts");
+  for (const r of await poolCases(cacheDir, quick ? 3 : 5)) {
+    log(`${r.name}: ${r.note}`);
+    rows.push({
+      name: r.name,
+      unit: "ms",
+      samples: r.samplesMs,
+      latency: false,
+      target: r.target,
+      meets: () => r.meets,
+      note: r.note,
+    });
+  }
 }
 
 /** One naive run: a fresh `deno run` that loads Pyodide cold. */
@@ -270,7 +288,7 @@ async function childOnce(
     return [ms, childrenCpuSeconds() - cpu];
   } finally {
     clearInterval(hold);
-    await child.kill("exit", true);
+    await child.kill("exit", { hard: true });
   }
 }
 

@@ -14,9 +14,12 @@ const token = Deno.env.get("SANDBOX_TOKEN") ?? crypto.randomUUID();
 const sandbox = createHandler({
   token,
   basePath: "/sandbox",
-  sandboxOptions: { timeoutSeconds: 10, poolSize: 1 },
+  sandboxOptions: { timeoutSeconds: 30, poolSize: 1 },
   maxConcurrency: 2,
 });
+// Start the warm child (and build the snapshot on a first run) before
+// taking requests, so the first call does not pay for it.
+await sandbox.sandbox.warmup();
 
 const server = Deno.serve({
   hostname: "127.0.0.1",

@@ -31,7 +31,7 @@ import {
   type PyodideSession,
   SessionError,
 } from "../mod.ts";
-import { openSession, sealSession } from "../_session_bytes.ts";
+import { sealSession, unsealSession } from "../_session_bytes.ts";
 import { type EvilSandbox, evilSandbox, script, selfMemory } from "./_evil.ts";
 import {
   callScript,
@@ -154,11 +154,11 @@ async function sessionIteration(world: World, rng: Rng): Promise<void> {
     }
     : jsonValue(rng);
   try {
-    await openSession(bytes as Uint8Array, metadata as never, secret);
+    await unsealSession(bytes as Uint8Array, metadata as never, secret);
   } catch (error) {
     check(
       error instanceof SessionError || error instanceof TypeError,
-      `openSession threw ${error}`,
+      `unsealSession threw ${error}`,
     );
   }
   try {

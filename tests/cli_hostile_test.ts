@@ -288,3 +288,24 @@ Deno.test("deno task run --session refuses a file that is not a session with exi
     await Deno.remove(base, { recursive: true });
   }
 });
+
+Deno.test("deno task run turns a hostile SystemExit into exit 1 with its text, never a crash or an odd exit code", async () => {
+  // The exit code comes from str() of the exception the child reports:
+  // only an exact integer picks the code, anything else is text (exit 1).
+  const cases: [string, number, RegExp][] = [
+    ['raise SystemExit("9" * 100000)', 1, /^9{100000}\n$/],
+    ["raise SystemExit(10 ** 1000)", 1, /^10{1000}\n$/],
+    ['raise SystemExit("3\\n")', 1, /^3\n\n?$/],
+    ['raise SystemExit(" 7")', 1, /^ 7\n$/],
+    ["raise SystemExit(True)", 1, /^$/],
+    ["raise SystemExit(256 + 4)", 4, /^$/],
+  ];
+  // A first run in the cache folder adds its notes on stderr.
+  assert.equal((await runCli(["-c", "pass"])).code, 0);
+  for (const [code, exit, stderr] of cases) {
+    const run = await runCli(["-c", code]);
+    assert.equal(run.code, exit, `${code}: ${run.stderr.slice(0, 300)}`);
+    assert.match(run.stderr, stderr, code);
+    assert.doesNotMatch(run.stderr, /\n\s+at |Traceback/, "no stack trace");
+  }
+});

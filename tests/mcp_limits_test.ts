@@ -7,6 +7,17 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { isRunning } from "./_fixtures/procs.ts";
 import { eventually } from "./_helpers.ts";
+import { startMcpHttp } from "./_mcp.ts";
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { InMemoryTransport } from "@modelcontextprotocol/sdk/inMemory.js";
+import { LoggingMessageNotificationSchema } from "@modelcontextprotocol/sdk/types.js";
+import {
+  createSandboxMcp,
+  type McpTransport,
+  type SandboxMcpOptions,
+} from "../mcp.ts";
+import { OutputRelay } from "../_mcp_tools.ts";
+import type { ToolCallContext } from "../_mcp_sdk.ts";
 
 const MCP_TS = fileURLToPath(new URL("../mcp.ts", import.meta.url));
 const MIB = 1024 * 1024;
@@ -246,6 +257,64 @@ Deno.test({
   }
 });
 
+/** A raw streamable-HTTP MCP session: initialize, then calls with its id. */
+class RawHttpSession {
+  url: URL;
+  id = "";
+  constructor(url: URL) {
+    this.url = url;
+  }
+
+  post(body: BodyInit, withId = true): Promise<Response> {
+    return fetch(this.url, {
+      method: "POST",
+      headers: {
+        "content-type": "application/json",
+        accept: "application/json, text/event-stream",
+        ...(withId && this.id
+          ? { "mcp-session-id": this.id, "mcp-protocol-version": "2025-06-18" }
+          : {}),
+      },
+      body,
+    });
+  }
+
+  /** Starts the session; returns the initialize response's status. */
+  async initialize(): Promise<number> {
+    const response = await this.post(
+      JSON.stringify({
+        jsonrpc: "2.0",
+        id: 0,
+        method: "initialize",
+        params: {
+          protocolVersion: "2025-06-18",
+          capabilities: {},
+          clientInfo: { name: "mcp-limits-test", version: "1.0.0" },
+        },
+      }),
+      false,
+    );
+    await response.body?.cancel();
+    if (response.status !== 200) return response.status;
+    this.id = response.headers.get("mcp-session-id") ?? "";
+    assert.match(this.id, /^[0-9a-f-]{36}$/);
+    const done = await this.post(
+      '{"jsonrpc":"2.0","method":"notifications/initialized"}',
+    );
+    assert.equal(done.status, 202);
+    return 200;
+  }
+}
+
+function call(id: number, code: string): string {
+  return JSON.stringify({
+    jsonrpc: "2.0",
+    id,
+    method: "tools/call",
+    params: { name: "run_python", arguments: { code } },
+  });
+}
+
 Deno.test({
   name:
     "MCP server over streamable HTTP refuses a body over its limit with 413 and keeps serving",
@@ -253,51 +322,25 @@ Deno.test({
   sanitizeResources: false,
 }, async () => {
   // Attacks (SECURITY.md): "mcpmsg.oversized_http"
-  const server = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MCP_TS, "--http", "--port", "0", ...SERVER_FLAGS],
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const stderr = new Response(server.stderr).text();
-  const reader = server.stdout.pipeThrough(new TextDecoderStream())
-    .getReader();
+  const server = await startMcpHttp(MCP_TS, SERVER_FLAGS);
   try {
-    let out = "";
-    let match: RegExpExecArray | null = null;
-    while (!match) {
-      const { done, value } = await reader.read();
-      if (done) assert.fail(`The server ended: ${out}${await stderr}`);
-      out += value;
-      match = /listening on (http:\/\/\S+\/mcp)/.exec(out);
+    const session = new RawHttpSession(server.url);
+    assert.equal(await session.initialize(), 200);
+    for (const withId of [false, true]) {
+      const big = await session.post(
+        call(1, `#${"x".repeat(11 * MIB)}`),
+        withId,
+      );
+      assert.equal(big.status, 413);
+      const error = await big.json();
+      assert.equal(error.jsonrpc, "2.0");
+      assert.match(error.error.message, /Payload Too Large/);
     }
-    const url = new URL(match[1]);
-    const post = (body: BodyInit) =>
-      fetch(url, {
-        method: "POST",
-        headers: {
-          "content-type": "application/json",
-          accept: "application/json, text/event-stream",
-        },
-        body,
-      });
-    const call = (id: number, code: string) =>
-      JSON.stringify({
-        jsonrpc: "2.0",
-        id,
-        method: "tools/call",
-        params: { name: "run_python", arguments: { code } },
-      });
-
-    const big = await post(call(1, `#${"x".repeat(11 * MIB)}`));
-    assert.equal(big.status, 413);
-    const error = await big.json();
-    assert.equal(error.jsonrpc, "2.0");
-    assert.match(error.error.message, /Payload Too Large/);
 
     // Streamed without a length: cut off at the limit as well.
     const chunk = new TextEncoder().encode("x".repeat(MIB));
     let sent = 0;
-    const streamed = await post(
+    const streamed = await session.post(
       new ReadableStream({
         pull(controller) {
           if (sent++ < 11) controller.enqueue(chunk);
@@ -308,13 +351,224 @@ Deno.test({
     assert.equal(streamed.status, 413);
     await streamed.body?.cancel();
 
-    const ok = await post(call(2, "print(6 * 7)"));
+    const ok = await session.post(call(2, "print(6 * 7)"));
     assert.equal(ok.status, 200);
     assert.match(await ok.text(), /42/);
+
+    // A client that drops its response stream mid-call (with a progress
+    // token, so the server is writing to it) does not take the server down.
+    const dropped = await session.post(JSON.stringify({
+      jsonrpc: "2.0",
+      id: 3,
+      method: "tools/call",
+      params: {
+        name: "run_python",
+        arguments: {
+          code:
+            "import time\nfor i in range(20):\n    print(i)\n    time.sleep(0.1)",
+        },
+        _meta: { progressToken: "p" },
+      },
+    }));
+    assert.equal(dropped.status, 200);
+    const reader = dropped.body!.getReader();
+    await reader.read();
+    await reader.cancel();
+    await new Promise((r) => setTimeout(r, 3000));
+    assert.ok(isRunning(server.process.pid), "the server is still running");
+    const again = await session.post(call(4, "print(6 * 7)"));
+    assert.match(await again.text(), /42/);
   } finally {
-    server.kill("SIGTERM");
-    await server.status;
-    await reader.cancel().catch(() => {});
-    await stderr;
+    server.process.kill("SIGTERM");
+    await server.stop();
   }
+});
+
+Deno.test({
+  name:
+    "MCP server over streamable HTTP caps its MCP sessions and expires idle ones",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  // Attacks (SECURITY.md): "mcpmsg.session_flood"
+  const server = await startMcpHttp(MCP_TS, [
+    ...SERVER_FLAGS,
+    "--max-mcp-sessions",
+    "2",
+    "--session-idle-seconds",
+    "1",
+  ]);
+  try {
+    const a = new RawHttpSession(server.url);
+    const b = new RawHttpSession(server.url);
+    const c = new RawHttpSession(server.url);
+    assert.equal(await a.initialize(), 200);
+    assert.equal(await b.initialize(), 200);
+    // A third client is refused while two sessions are live.
+    const refused = await c.post(
+      JSON.stringify({
+        jsonrpc: "2.0",
+        id: 0,
+        method: "initialize",
+        params: {
+          protocolVersion: "2025-06-18",
+          capabilities: {},
+          clientInfo: { name: "third", version: "1.0.0" },
+        },
+      }),
+      false,
+    );
+    assert.equal(refused.status, 429);
+    assert.match((await refused.json()).error.message, /Too many MCP sessions/);
+    // Unused for a second, both expire (asking for the third session does
+    // not touch them): a new client gets in, and the old ids are gone.
+    await eventually(
+      "the idle sessions to expire",
+      async () => await c.initialize() === 200,
+      30,
+    );
+    const gone = await a.post('{"jsonrpc":"2.0","id":5,"method":"tools/list"}');
+    assert.equal(gone.status, 404);
+    await gone.body?.cancel();
+  } finally {
+    await server.stop();
+  }
+});
+
+Deno.test("createSandboxMcp() refuses invalid options with TypeError and RangeError", () => {
+  assert.throws(
+    () => createSandboxMcp({ maxMcpSessions: 0 }),
+    (e) => e instanceof RangeError && /maxMcpSessions/.test(e.message),
+  );
+  assert.throws(
+    () => createSandboxMcp({ implicitSessions: "yes" as unknown as boolean }),
+    (e) => e instanceof TypeError && /implicitSessions/.test(e.message),
+  );
+  assert.throws(
+    () => createSandboxMcp({ formatOptions: { maxTextChars: -1 } }),
+    RangeError,
+  );
+  assert.throws(
+    () => createSandboxMcp(null as unknown as SandboxMcpOptions),
+    TypeError,
+  );
+  assert.throws(
+    () => createSandboxMcp({ sandbox: {} as SandboxMcpOptions["sandbox"] }),
+    (e) =>
+      e instanceof TypeError && /expected a PyodideSandbox/.test(e.message),
+  );
+});
+
+// The SDK's transports fit the server's McpTransport (checked by deno check).
+type SdkTransports = [
+  import("@modelcontextprotocol/sdk/server/stdio").StdioServerTransport,
+  import("@modelcontextprotocol/sdk/inMemory").InMemoryTransport,
+];
+const _fits: McpTransport[] = [] as unknown as SdkTransports;
+
+Deno.test({
+  name:
+    "createSandboxMcp() serves an in-process client, streams output as logging notifications, and caps what it streams while the host keeps serving",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  await using mcp = createSandboxMcp({
+    sandboxOptions: { poolSize: 0, cacheDir: CACHE_DIR, timeoutSeconds: 60 },
+  });
+  const [clientSide, serverSide] = InMemoryTransport.createLinkedPair();
+  await mcp.createServer().connect(serverSide);
+  const client = new Client({ name: "embedded", version: "1.0.0" });
+  await client.connect(clientSide);
+  let notifications = 0;
+  let last = "";
+  // Attacks: a print loop floods the client with notifications.
+  const flood = await client.callTool(
+    {
+      name: "run_python",
+      arguments: { code: "for i in range(3000):\n    print('line', i)\n'end'" },
+    },
+    undefined,
+    {
+      timeout: 300_000,
+      onprogress: (p: { message?: string }) => {
+        notifications++;
+        last = p.message ?? "";
+      },
+    },
+  ) as { structuredContent?: Record<string, unknown> };
+  assert.equal(flood.structuredContent?.result, "end");
+  assert.match(String(flood.structuredContent?.stdout), /line 2999\n$/);
+  assert.ok(notifications <= 1001, `${notifications} notifications`);
+  assert.ok(notifications >= 1, "some output was streamed");
+  if (notifications === 1001) assert.match(last, /output streaming stopped/);
+  // After logging/setLevel, lines also come as logging notifications.
+  const logged: { level: string; logger?: string; data: unknown }[] = [];
+  client.setNotificationHandler(
+    LoggingMessageNotificationSchema,
+    (n: { params: { level: string; logger?: string; data: unknown } }) => {
+      logged.push(n.params);
+    },
+  );
+  await client.setLoggingLevel("info");
+  await client.callTool({
+    name: "run_python",
+    arguments: {
+      code: "import sys\nprint('out')\nprint('err', file=sys.stderr)",
+    },
+  });
+  assert.deepEqual(logged, [
+    { level: "info", logger: "stdout", data: "out" },
+    { level: "warning", logger: "stderr", data: "err" },
+  ]);
+  // Contained: the host still serves calls.
+  const after = await client.callTool(
+    {
+      name: "run_python",
+      arguments: { code: "6 * 7" },
+    },
+    undefined,
+    { timeout: 300_000 },
+  ) as { structuredContent?: Record<string, unknown> };
+  assert.equal(after.structuredContent?.result, 42);
+  await client.close();
+});
+
+/** A tool-call context that records what the relay sends. */
+function recordingContext(sent: string[]): ToolCallContext {
+  return {
+    signal: new AbortController().signal,
+    progressToken: "token",
+    progress: (_n, message) => {
+      sent.push(message);
+      return Promise.resolve();
+    },
+    log: () => Promise.resolve(),
+    logs: () => false,
+  };
+}
+
+Deno.test("OutputRelay sends whole lines in order and stops at 1,000 notifications or 1 MiB per call", async () => {
+  const lines: string[] = [];
+  const relay = new OutputRelay(recordingContext(lines));
+  relay.write("stdout", "a\nb");
+  relay.write("stdout", "c\n");
+  relay.write("stderr", "oops");
+  await relay.flush();
+  assert.deepEqual(lines, ["stdout: a", "stdout: bc", "stderr: oops"]);
+
+  // Attacks (SECURITY.md): "mcpmsg.output_flood" (lines, then bytes)
+  const many: string[] = [];
+  const flooded = new OutputRelay(recordingContext(many));
+  for (let i = 0; i < 5000; i++) flooded.write("stdout", `line ${i}\n`);
+  await flooded.flush();
+  assert.equal(many.length, 1001);
+  assert.match(many.at(-1)!, /^stdout: \[output streaming stopped/);
+
+  const big: string[] = [];
+  const huge = new OutputRelay(recordingContext(big));
+  for (let i = 0; i < 3; i++) huge.write("stdout", "x".repeat(MIB) + "\n");
+  await huge.flush();
+  const streamed = big.slice(0, -1).reduce((n, m) => n + m.length, 0);
+  assert.ok(streamed <= MIB + 100, `${streamed} characters streamed`);
+  assert.match(big.at(-1)!, /output streaming stopped/);
 });

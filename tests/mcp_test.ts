@@ -1,52 +1,66 @@
+/**
+ * The MCP server with the SDK's own client, over stdio (launched as in
+ * examples/mcp.json) and over streamable HTTP: the tools, their schemas,
+ * structured results, streamed output, MCP sessions.
+ */
+
 import assert from "node:assert/strict";
-import { childrenOf, isRunning } from "./_fixtures/procs.ts";
-import { eventually } from "./_helpers.ts";
 import { fileURLToPath } from "node:url";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
-import { resultToContent } from "../mcp.ts";
+import { childrenOf, isRunning } from "./_fixtures/procs.ts";
+import { eventually } from "./_helpers.ts";
+import {
+  CALL_TIMEOUT_MS,
+  startMcpHttp,
+  stdioEnv,
+  tool,
+  type ToolResult,
+} from "./_mcp.ts";
 
 const MCP_TS = fileURLToPath(new URL("../mcp.ts", import.meta.url));
 const TOKEN = "mcp-test-token-0123456789";
-const SERVER_FLAGS = ["--pool-size", "0", "--timeout", "30"];
-
-type ToolResult = {
-  content: { type: string; text?: string; data?: string; mimeType?: string }[];
-  isError?: boolean;
-  structuredContent?: Record<string, unknown>;
-};
-
-async function tool(
-  client: Client,
-  name: string,
-  args: Record<string, unknown> = {},
-): Promise<ToolResult> {
-  return await client.callTool({ name, arguments: args }) as ToolResult;
-}
+const CACHE_DIR = Deno.makeTempDirSync({ prefix: "mcp-test-cache-" });
+globalThis.addEventListener("unload", () => {
+  try {
+    Deno.removeSync(CACHE_DIR, { recursive: true });
+  } catch {
+    // Already gone.
+  }
+});
+const SERVER_FLAGS = ["--pool-size", "0", "--cache-dir", CACHE_DIR];
 
 function texts(result: ToolResult): string[] {
   return result.content.map((c) => c.text ?? `<${c.type}>`);
 }
 
-/** The same checks over any transport. */
-async function exerciseTools(
-  t: Deno.TestContext,
-  client: Client,
-): Promise<void> {
+interface ListedTool {
+  name: string;
+  description?: string;
+  inputSchema: Record<string, unknown>;
+  outputSchema?: Record<string, unknown>;
+}
+
+async function listTools(client: Client): Promise<Record<string, ListedTool>> {
+  const { tools } = await client.listTools();
+  return Object.fromEntries(tools.map((x: ListedTool) => [x.name, x]));
+}
+
+/** Schemas and descriptions, over any transport. */
+async function checkListing(t: Deno.TestContext, client: Client) {
   await t.step(
-    "lists run_python, create_session and close_session",
+    "lists three tools with strict input schemas and run_python's output schema",
     async () => {
-      const { tools } = await client.listTools();
-      const byName: Record<string, { inputSchema: unknown }> = Object
-        .fromEntries(
-          tools.map((x: { name: string; inputSchema: unknown }) => [x.name, x]),
-        );
+      const byName = await listTools(client);
       assert.deepEqual(Object.keys(byName).sort(), [
         "close_session",
         "create_session",
         "run_python",
       ]);
+      for (const spec of Object.values(byName)) {
+        assert.equal(spec.inputSchema.additionalProperties, false, spec.name);
+      }
       const input = byName.run_python.inputSchema as {
         properties: Record<string, unknown>;
         required?: string[];
@@ -56,15 +70,44 @@ async function exerciseTools(
         "session_id",
       ]);
       assert.deepEqual(input.required, ["code"]);
-      assert.deepEqual(
-        (byName.close_session.inputSchema as { required?: string[] }).required,
-        ["session_id"],
-      );
+      assert.deepEqual(byName.close_session.inputSchema.required, [
+        "session_id",
+      ]);
+      const output = byName.run_python.outputSchema as {
+        properties: Record<string, unknown>;
+        required: string[];
+      };
+      assert.ok(output, "run_python has an outputSchema");
+      for (const field of ["status", "stdout", "stderr", "result", "error"]) {
+        assert.ok(output.required.includes(field), field);
+      }
     },
   );
 
   await t.step(
-    "run_python returns stdout, stderr and the result as text",
+    "run_python's description names the interpreter's Python version and the limits",
+    async () => {
+      const { run_python } = await listTools(client);
+      const text = run_python.description ?? "";
+      const version = /Python (3\.\d+)/.exec(text)?.[1];
+      assert.ok(version, text);
+      assert.match(text, /30 seconds/);
+      assert.match(text, /512 MB/);
+      assert.match(text, /Packages: the standard library/);
+      const r = await tool(client, "run_python", {
+        code: "import sys\nf'{sys.version_info[0]}.{sys.version_info[1]}'",
+      });
+      assert.equal(r.structuredContent?.result, version);
+    },
+  );
+}
+
+/** The tools' behaviour, over any transport. */
+async function exerciseTools(t: Deno.TestContext, client: Client) {
+  await checkListing(t, client);
+
+  await t.step(
+    "run_python returns text content and structuredContent",
     async () => {
       const r = await tool(client, "run_python", {
         code:
@@ -76,11 +119,17 @@ async function exerciseTools(
         "stderr:\ncareful\n",
         "result:\n42",
       ]);
+      const s = r.structuredContent!;
+      assert.equal(s.status, "success");
+      assert.equal(s.stdout, "hello\n");
+      assert.equal(s.stderr, "careful\n");
+      assert.equal(s.result, 42);
+      assert.equal(s.error, null);
     },
   );
 
   await t.step(
-    "run_python marks an exception isError with its traceback",
+    "run_python marks an exception isError, with its kind, type and traceback",
     async () => {
       const r = await tool(client, "run_python", {
         code:
@@ -91,8 +140,14 @@ async function exerciseTools(
       const error = texts(r)[1];
       assert.match(error, /^error \(exception: ValueError\):\nTraceback/);
       assert.match(error, /File "<sandbox>", line 4/);
-      assert.match(error, /line 3, in f/);
       assert.match(error, /ValueError: bad value$/);
+      const s = r.structuredContent!;
+      assert.equal(s.status, "error");
+      const e = s.error as Record<string, string>;
+      assert.equal(e.kind, "exception");
+      assert.equal(e.type, "ValueError");
+      assert.equal(e.message, "bad value");
+      assert.match(e.traceback, /line 3, in f/);
     },
   );
 
@@ -113,7 +168,16 @@ async function exerciseTools(
     ]);
   });
 
-  await t.step("a session keeps state until close_session", async () => {
+  await t.step(
+    "calls of one MCP session share Python state without create_session",
+    async () => {
+      await tool(client, "run_python", { code: "x = 1" });
+      const r = await tool(client, "run_python", { code: "x + 1" });
+      assert.equal(r.structuredContent?.result, 2, JSON.stringify(r));
+    },
+  );
+
+  await t.step("an explicit session keeps its own state", async () => {
     const created = await tool(client, "create_session");
     assert.equal(created.isError, undefined);
     const id = created.structuredContent?.session_id as string;
@@ -125,10 +189,10 @@ async function exerciseTools(
       session_id: id,
     });
     assert.deepEqual(texts(r), ["result:\n42"]);
-    // A stateless call does not see the session's globals.
-    const fresh = await tool(client, "run_python", { code: "total" });
-    assert.equal(fresh.isError, true);
-    assert.match(texts(fresh).join("\n"), /NameError: name 'total'/);
+    // The MCP session's own interpreter does not see it.
+    const other = await tool(client, "run_python", { code: "total" });
+    assert.equal(other.isError, true);
+    assert.match(texts(other).join("\n"), /NameError: name 'total'/);
     const closed = await tool(client, "close_session", { session_id: id });
     assert.deepEqual(texts(closed), [`Closed session ${id}`]);
     const after = await tool(client, "run_python", {
@@ -139,6 +203,50 @@ async function exerciseTools(
     assert.match(texts(after)[0], /Unknown session/);
     const again = await tool(client, "close_session", { session_id: id });
     assert.equal(again.isError, true);
+  });
+
+  await t.step(
+    "with a progress token, output lines arrive as progress notifications while the code runs",
+    async () => {
+      const seen: { message?: string; progress: number; at: number }[] = [];
+      const r = await client.callTool(
+        {
+          name: "run_python",
+          arguments: {
+            code: [
+              "import sys, time",
+              "for i in range(3):",
+              "    print('tick', i)",
+              "print('warn', file=sys.stderr)",
+              "time.sleep(1.5)",
+              "'done'",
+            ].join("\n"),
+          },
+        },
+        undefined,
+        {
+          timeout: CALL_TIMEOUT_MS,
+          onprogress: (p: { progress: number; message?: string }) =>
+            seen.push({ ...p, at: Date.now() }),
+        },
+      ) as ToolResult;
+      const finished = Date.now();
+      assert.equal(r.structuredContent?.result, "done");
+      const messages = seen.map((p) => p.message).join("\n");
+      for (const line of ["stdout: tick 0", "tick 2", "stderr: warn"]) {
+        assert.ok(messages.includes(line), `${line} in ${messages}`);
+      }
+      const progress = seen.map((p) => p.progress);
+      assert.deepEqual(progress, [...progress].sort((a, b) => a - b));
+      // Sent before the 1.5 s sleep ended, not with the result.
+      assert.ok(seen[0].at < finished - 500, `${finished - seen[0].at} ms`);
+    },
+  );
+
+  await t.step("arguments outside the schema are refused", async () => {
+    const r = await tool(client, "run_python", { code: "1", timeout: 5 });
+    assert.equal(r.isError, true);
+    assert.match(texts(r)[0], /unknown argument "timeout"/);
   });
 
   await t.step("two concurrent calls never mix their outputs", async () => {
@@ -164,12 +272,6 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
 }, async (t) => {
-  const env: Record<string, string> = {};
-  for (const name of ["HOME", "PATH", "DENO_DIR", "XDG_CACHE_HOME"]) {
-    const value = Deno.env.get(name);
-    if (value) env[name] = value;
-  }
-  // Launched as examples/mcp.json tells MCP clients to launch it.
   const config = JSON.parse(
     await Deno.readTextFile(new URL("../examples/mcp.json", import.meta.url)),
   ).mcpServers["python-sandbox"] as { command: string; args: string[] };
@@ -180,8 +282,8 @@ Deno.test({
   assert.ok(args.includes(MCP_TS));
   const transport = new StdioClientTransport({
     command: Deno.execPath(),
-    args: [...args, "--pool-size", "0"],
-    env,
+    args: [...args, ...SERVER_FLAGS],
+    env: stdioEnv(),
     stderr: "pipe",
   });
   const client = new Client({ name: "mcp-test", version: "1.0.0" });
@@ -215,27 +317,13 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
 }, async (t) => {
-  const server = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MCP_TS, "--http", "--port", "0", ...SERVER_FLAGS],
-    env: { SANDBOX_TOKEN: TOKEN },
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const stderr = new Response(server.stderr).text();
-  const reader = server.stdout.pipeThrough(new TextDecoderStream())
-    .getReader();
-  let out = "";
-  let match: RegExpExecArray | null = null;
-  while (!match) {
-    const { done, value } = await reader.read();
-    if (done) assert.fail(`The server ended: ${out}${await stderr}`);
-    out += value;
-    match = /listening on (http:\/\/\S+\/mcp)/.exec(out);
-  }
-  (async () => {
-    while (!(await reader.read()).done) { /* drain */ }
-  })();
-  const url = new URL(match[1]);
+  const server = await startMcpHttp(
+    MCP_TS,
+    [...SERVER_FLAGS, "--timeout", "30"],
+    { SANDBOX_TOKEN: TOKEN },
+  );
+  const url = server.url;
+  const auth = { headers: { authorization: `Bearer ${TOKEN}` } };
   const client = new Client({ name: "mcp-test", version: "1.0.0" });
   try {
     await t.step("requests without the bearer token get 401", async () => {
@@ -245,11 +333,7 @@ Deno.test({
           "content-type": "application/json",
           accept: "application/json, text/event-stream",
         },
-        body: JSON.stringify({
-          jsonrpc: "2.0",
-          id: 1,
-          method: "tools/list",
-        }),
+        body: JSON.stringify({ jsonrpc: "2.0", id: 1, method: "tools/list" }),
       });
       assert.equal(response.status, 401);
       assert.match(await response.text(), /Unauthorized/);
@@ -262,20 +346,53 @@ Deno.test({
         ),
       );
     });
-    await client.connect(
-      new StreamableHTTPClientTransport(url, {
-        requestInit: { headers: { authorization: `Bearer ${TOKEN}` } },
-      }),
-    );
+    const transport = new StreamableHTTPClientTransport(url, {
+      requestInit: auth,
+    });
+    await client.connect(transport);
+    await t.step("the server gives the client an MCP session id", () => {
+      assert.match(transport.sessionId ?? "", /^[0-9a-f-]{36}$/);
+    });
     await exerciseTools(t, client);
+    await t.step(
+      "another MCP session has its own interpreter, and DELETE ends a session",
+      async () => {
+        const other = new Client({ name: "mcp-test-2", version: "1.0.0" });
+        const otherTransport = new StreamableHTTPClientTransport(url, {
+          requestInit: auth,
+        });
+        await other.connect(otherTransport);
+        assert.notEqual(otherTransport.sessionId, transport.sessionId);
+        const r = await tool(other, "run_python", { code: "x" });
+        assert.equal(r.isError, true);
+        assert.match(texts(r).join("\n"), /NameError: name 'x'/);
+        const id = otherTransport.sessionId!;
+        await otherTransport.terminateSession();
+        const gone = await fetch(url, {
+          method: "POST",
+          headers: {
+            ...auth.headers,
+            "content-type": "application/json",
+            accept: "application/json, text/event-stream",
+            "mcp-session-id": id,
+            "mcp-protocol-version": "2025-06-18",
+          },
+          body: JSON.stringify({ jsonrpc: "2.0", id: 9, method: "tools/list" }),
+        });
+        assert.equal(gone.status, 404);
+        assert.match(await gone.text(), /Session not found/);
+        await other.close();
+      },
+    );
     await t.step("exits 0 on SIGTERM and kills every child", async () => {
       // An open session keeps a child alive until the server stops.
       await tool(client, "create_session");
       await client.close();
-      const children = childrenOf(server.pid);
+      const children = childrenOf(server.process.pid);
       assert.ok(children.length >= 1);
-      server.kill("SIGTERM");
-      assert.equal((await server.status).code, 0, await stderr);
+      server.process.kill("SIGTERM");
+      const status = await server.process.status;
+      assert.equal(status.code, 0, await server.stderr);
       await eventually(
         "its children to end",
         () => children.every((pid) => !isRunning(pid)),
@@ -283,13 +400,7 @@ Deno.test({
       );
     });
   } finally {
-    try {
-      server.kill("SIGKILL");
-    } catch {
-      // Already ended.
-    }
-    await server.status;
-    await stderr;
+    await server.stop();
   }
 });
 
@@ -303,28 +414,9 @@ Deno.test("mcp.ts --http refuses a non-loopback hostname without a token", async
     stdout: "piped",
     stderr: "piped",
   }).output();
-  assert.notEqual(out.code, 0);
+  assert.equal(out.code, 1);
   assert.match(
     new TextDecoder().decode(out.stderr),
     /Refusing to listen on 0\.0\.0\.0 without a token/,
   );
-});
-
-Deno.test("resultToContent reports a timeout as isError with its message", () => {
-  const timeout = resultToContent({
-    status: "error",
-    stdout: "partial\n",
-    stderr: "Execution timed out after 1 seconds\n",
-    result: null,
-    executionTime: 1,
-    error: { kind: "timeout", message: "Execution timed out after 1 seconds" },
-  });
-  assert.equal(timeout.isError, true);
-  assert.deepEqual(timeout.content, [
-    { type: "text", text: "stdout:\npartial\n" },
-    {
-      type: "text",
-      text: "error (timeout):\nExecution timed out after 1 seconds",
-    },
-  ]);
 });

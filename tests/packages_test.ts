@@ -10,6 +10,7 @@
 import assert from "node:assert/strict";
 import { PyodideSandbox } from "../mod.ts";
 import { buildWheel } from "./_wheel.ts";
+import { distrustPreload } from "../_snapshot.ts";
 import {
   assertDenied,
   assertNoDenoChildren,
@@ -191,6 +192,7 @@ Deno.test("PyodideSandbox installs the packages option even when no import names
     poolSize: 0,
     denoPath: TEST_DENO_PATH,
     packages: ["fancy-lib"],
+    packageIndexUrls: [],
   });
   try {
     const result = await offline.execute("1");
@@ -277,6 +279,8 @@ Deno.test("PyodideSandbox installs from a package index through the host: the ch
     poolSize: 0,
     denoPath: TEST_DENO_PATH,
     packageIndexUrls: [index.url],
+    // No wheel cache: every wheel is fetched (the cache has its own tests).
+    packageCacheMb: 0,
   });
   const missing = new PyodideSandbox({
     poolSize: 0,
@@ -421,4 +425,118 @@ Deno.test("PyodideSession installs packages, save() records them, and a session 
     }
   });
   await assertNoDenoChildren("after the session packages test");
+});
+
+/** A module that records the process that imported it. */
+const COUNTED = buildWheel("counted-mod", "0.1.0", {
+  "counted/__init__.py":
+    "import js as _js\nPID = int(_js.Deno.pid)\nTABLE = [i * i for i in range(50_000)]\n",
+});
+
+async function preloadFiles(cacheDir: string): Promise<string[]> {
+  return (await Array.fromAsync(Deno.readDir(cacheDir)))
+    .map((e) => e.name)
+    .filter((n) => /^snapshot-.*-preload-[0-9a-f]+\.bin$/.test(n));
+}
+
+Deno.test("PyodideSandbox preload: pooled calls and sessions start from a snapshot with the packages installed and imported, verified and rebuilt when corrupted", async () => {
+  await withTempDir(async (root) => {
+    const wheels = `${root}/wheels`;
+    const cacheDir = `${root}/cache`;
+    await Deno.mkdir(wheels);
+    await writeWheels(wheels);
+    await Deno.writeFile(`${wheels}/${COUNTED.fileName}`, COUNTED.data);
+    const options = {
+      denoPath: TEST_DENO_PATH,
+      cacheDir,
+      packageDir: wheels,
+      packageIndexUrls: [],
+      preload: ["counted-mod", "fancy-lib"],
+    };
+    const probe =
+      "import sys\nbefore = ['counted' in sys.modules, 'fancy' in sys.modules]\nimport counted, fancy, js\n[before, counted.PID != js.Deno.pid, fancy.VALUE]";
+    const pooled = new PyodideSandbox({ ...options, poolSize: 1 });
+    let path: string;
+    try {
+      await pooled.warmup();
+      const first = await pooled.execute(probe, { timeoutSeconds: 120 });
+      assert.equal(first.status, "success", JSON.stringify(first.error));
+      // Imported when the snapshot was built, not by the call.
+      assert.deepEqual(first.result, [[true, true], true, 40]);
+      const second = await pooled.execute(probe, { timeoutSeconds: 120 });
+      assert.deepEqual(second.result, [[true, true], true, 40]);
+
+      const session = await pooled.openSession();
+      try {
+        const step = await session.execute(probe, { timeoutSeconds: 120 });
+        assert.deepEqual(step.result, [[true, true], true, 40]);
+      } finally {
+        await session.close();
+      }
+      const files = await preloadFiles(cacheDir);
+      assert.equal(files.length, 1, `one preloaded snapshot: ${files}`);
+      path = `${cacheDir}/${files[0]}`;
+      const record = JSON.parse(await Deno.readTextFile(`${path}.json`));
+      assert.equal(record.size, (await Deno.stat(path)).size);
+      assert.equal(record.pyodideVersion, "314.0.7");
+      assert.ok(
+        record.packages.some((p: string) =>
+          p.startsWith("counted-mod==0.1.0 ") && /[0-9a-f]{64}$/.test(p)
+        ),
+        JSON.stringify(record.packages),
+      );
+    } finally {
+      await pooled.close();
+    }
+
+    // Corrupted on disk: detected by its sha256 and rebuilt.
+    const bytes = await Deno.readFile(path);
+    bytes[bytes.length >> 1] ^= 0xff;
+    await Deno.writeFile(path, bytes);
+    distrustPreload(path);
+    const again = new PyodideSandbox({ ...options, poolSize: 0 });
+    try {
+      const result = await again.execute(probe, { timeoutSeconds: 120 });
+      assert.equal(result.status, "success", JSON.stringify(result.error));
+      assert.deepEqual(result.result, [[true, true], true, 40]);
+      const record = JSON.parse(await Deno.readTextFile(`${path}.json`));
+      const rebuilt = await Deno.readFile(path);
+      assert.notDeepEqual(rebuilt, bytes, "the corrupted file was replaced");
+      assert.equal(record.size, rebuilt.length);
+    } finally {
+      await again.close();
+    }
+
+    // Another package set (or another wheel) is another snapshot.
+    const other = new PyodideSandbox({
+      ...options,
+      poolSize: 0,
+      preload: ["fancy-lib"],
+    });
+    try {
+      const result = await other.execute(
+        "import sys\n['counted' in sys.modules, 'fancy' in sys.modules]",
+        { timeoutSeconds: 120 },
+      );
+      assert.deepEqual(result.result, [false, true]);
+      assert.equal((await preloadFiles(cacheDir)).length, 2);
+    } finally {
+      await other.close();
+    }
+
+    // A preload that cannot be found fails calls with kind install.
+    const missing = new PyodideSandbox({
+      ...options,
+      poolSize: 0,
+      preload: ["no-such-dist"],
+    });
+    try {
+      const result = await missing.execute("1", { timeoutSeconds: 120 });
+      assert.equal(result.error?.kind, "install", JSON.stringify(result.error));
+      assert.ok(result.error!.message.includes('"no-such-dist"'));
+    } finally {
+      await missing.close();
+    }
+  });
+  await assertNoDenoChildren("after the preload test");
 });

@@ -461,3 +461,182 @@ Deno.test("PyodideSandbox stateful execute with sessionBytes still works with th
     await sandbox.close();
   }
 });
+
+/**
+ * Runs `fn` with a temporary cache folder holding a built snapshot (so that
+ * the first child `fn` sees is a call's or the pool's), removed afterwards.
+ */
+async function withCache(fn: (cacheDir: string) => Promise<void>) {
+  const cacheDir = await Deno.makeTempDir({ prefix: "pool-test-cache-" });
+  try {
+    const builder = new PyodideSandbox({
+      denoPath: TEST_DENO,
+      cacheDir,
+      poolSize: 0,
+    });
+    await builder.warmup().finally(() => builder.close());
+    await fn(cacheDir);
+  } finally {
+    await Deno.remove(cacheDir, { recursive: true }).catch(() => {});
+  }
+}
+
+/**
+ * Polls the sandbox children until `until()` holds or `done` settles.
+ *
+ * @returns The most children seen at once.
+ */
+async function mostChildrenUntil(
+  until: () => boolean,
+  done: Promise<unknown>,
+): Promise<number> {
+  let settled = false;
+  done.finally(() => settled = true).catch(() => {});
+  let most = 0;
+  while (!settled && !until()) {
+    most = Math.max(most, sandboxChildren().length);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return most;
+}
+
+Deno.test("PyodideSandbox's first call on a fresh default sandbox runs before the pool fills, and the pool fills to poolSize after it", async () => {
+  await withCache(async (cacheDir) => {
+    const sandbox = new PyodideSandbox({ denoPath: TEST_DENO, cacheDir });
+    try {
+      // The code's first output proves its child was loaded by then.
+      let printed = false;
+      const call = sandbox.execute(
+        PID + "print('first', flush=True)\nimport time\ntime.sleep(1)\n" +
+          "js.Deno.pid",
+        { onStdout: () => printed = true },
+      );
+      const most = await mostChildrenUntil(() => printed, call);
+      const first = await call;
+      assert.equal(first.status, "success", first.stderr);
+      assert.equal(first.stdout, "first\n");
+      assert.ok(printed, "the output was streamed");
+      assert.equal(most, 1, "a pool child started while the call's loaded");
+      assert.ok(
+        await waitFor(
+          () => sandbox.poolSize === 2 && sandboxChildren().length === 2,
+          60_000,
+        ),
+        `the pool did not fill: ${sandboxChildren()}`,
+      );
+      await sandbox.warmup(); // Settles once both are loaded.
+      const pooled = sandboxChildren();
+      assert.ok(!pooled.includes(first.result as number));
+      const second = await sandbox.execute(PID + "js.Deno.pid");
+      assert.equal(second.status, "success", second.stderr);
+      assert.ok(pooled.includes(second.result as number), "second was pooled");
+    } finally {
+      await sandbox.close();
+    }
+    assert.deepEqual(sandboxChildren(), [], "children left after close()");
+  });
+});
+
+Deno.test("PyodideSandbox gives a call that arrives during warmup() a pooled child and still fills the pool", async () => {
+  await withCache(async (cacheDir) => {
+    const sandbox = new PyodideSandbox({
+      denoPath: TEST_DENO,
+      cacheDir,
+      poolSize: 2,
+    });
+    try {
+      const warming = sandbox.warmup();
+      assert.ok(
+        await waitFor(
+          () => sandbox.poolSize > 0 && sandboxChildren().length > 0,
+          60_000,
+        ),
+        "warmup() started no child",
+      );
+      const [oldest] = sandboxChildren();
+      const result = await sandbox.execute(PID + "js.Deno.pid");
+      assert.equal(result.status, "success", result.stderr);
+      assert.equal(result.result, oldest, "the call took the oldest child");
+      await warming;
+      assert.ok(
+        await waitFor(() => sandboxChildren().length === 2, 60_000),
+        `the pool did not fill: ${sandboxChildren()}`,
+      );
+      assert.equal(sandbox.poolSize, 2);
+    } finally {
+      await sandbox.close();
+    }
+    assert.deepEqual(sandboxChildren(), [], "children left after close()");
+  });
+});
+
+Deno.test("PyodideSandbox.close() while the pool refills after the first call leaves no child, now or later", async () => {
+  await withCache(async (cacheDir) => {
+    const sandbox = new PyodideSandbox({
+      denoPath: TEST_DENO,
+      cacheDir,
+      poolSize: 2,
+    });
+    const result = await sandbox.execute("1 + 1");
+    assert.equal(result.result, 2);
+    // The refill has started (or is about to): close in the middle of it.
+    await sandbox.close();
+    assert.deepEqual(sandboxChildren(), [], "children left after close()");
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.deepEqual(sandboxChildren(), [], "a child started after close()");
+    assert.equal(sandbox.poolSize, 0);
+  });
+});
+
+Deno.test("PyodideSandbox.close() while the first call's child loads ends the call's child and starts no pool child", async () => {
+  await withCache(async (cacheDir) => {
+    const sandbox = new PyodideSandbox({
+      denoPath: TEST_DENO,
+      cacheDir,
+      poolSize: 2,
+    });
+    const call = sandbox.execute("1 + 1").then((r) => r, (e) => e);
+    assert.ok(
+      await waitFor(() => sandboxChildren().length > 0, 60_000),
+      "the call started no child",
+    );
+    await sandbox.close();
+    await call; // Settles one way or the other.
+    assert.deepEqual(sandboxChildren(), [], "children left after close()");
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.deepEqual(sandboxChildren(), [], "a child started after close()");
+  });
+});
+
+Deno.test("PyodideSandbox's memory watchdog still ends a pooled child that waited idle and then outgrows its limit", async () => {
+  await withCache(async (cacheDir) => {
+    const sandbox = new PyodideSandbox({
+      denoPath: TEST_DENO,
+      cacheDir,
+      poolSize: 1,
+      memoryLimitMb: 64,
+    });
+    try {
+      await sandbox.warmup();
+      // Idle for a while: the watchdog of a waiting one-shot child rests.
+      await new Promise((r) => setTimeout(r, 500));
+      const [pooled] = sandboxChildren();
+      // ArrayBuffers bypass the wasm cap: only the host's RSS watchdog
+      // stops them.
+      const result = await sandbox.execute(
+        PID + "keep = []\nfor i in range(16):\n" +
+          "    b = js.ArrayBuffer.new(256 * 1024 * 1024)\n" +
+          "    js.Uint8Array.new(b).fill(1)\n    keep.append(b)\n'survived'",
+        { timeoutSeconds: 30 },
+      );
+      assert.equal(result.error?.kind, "memory", JSON.stringify(result.error));
+      assert.ok(
+        await waitFor(() => !isRunning(pooled), 10_000),
+        "the pooled child was ended",
+      );
+    } finally {
+      await sandbox.close();
+    }
+    assert.deepEqual(sandboxChildren(), [], "children left after close()");
+  });
+});

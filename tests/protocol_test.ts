@@ -7,22 +7,14 @@
 
 import assert from "node:assert/strict";
 import {
-  checkDisplay,
-  checkHostCall,
-  checkInstallArgs,
-  checkResultHeader,
-  checkSavedHeader,
   concatWithIndex,
-  decodeFiles,
   decodeToChild,
   encodeToChild,
   encodeToParent,
   type ExecRequest,
-  fatalMessage,
   FRAME_HEAD_BYTES,
   FRAME_MAGIC,
   type InitRequest,
-  MAX_FATAL_CHARS,
   NONCE_BYTES,
   packState,
   splitIndex,
@@ -31,8 +23,18 @@ import {
   ToParent,
   unpackState,
 } from "../_protocol.ts";
-import { FrameParser } from "../_child.ts";
-import { runnerFileNames } from "../_setup.ts";
+import {
+  checkDisplay,
+  checkHostCall,
+  checkInstallArgs,
+  checkResultHeader,
+  checkSavedHeader,
+  decodeFiles,
+  fatalMessage,
+  MAX_FATAL_CHARS,
+} from "../_protocol_checks.ts";
+import { FrameParser } from "../_frame_parser.ts";
+import { runnerFileNames } from "../_runner_copy.ts";
 
 const NONCE = new Uint8Array(NONCE_BYTES).map((_, i) => i * 7 + 1);
 const LIMITS = {

@@ -637,3 +637,44 @@ r
   }
   await assertNoDenoChildren("after the host function test");
 });
+
+Deno.test("PyodideSandbox.execute() returns a tuple subclass result (namedtuple, sys.version_info, os.stat_result) as a list, like json.dumps", async () => {
+  const sandbox = new PyodideSandbox({ poolSize: 0, denoPath: TEST_DENO_PATH });
+  try {
+    const named = await sandbox.execute(
+      "from collections import namedtuple\nP = namedtuple('P', 'x y')\nP(1, [2, P(3, 'z')])",
+    );
+    assert.equal(named.status, "success", JSON.stringify(named.error));
+    assert.deepEqual(named.result, [1, [2, [3, "z"]]]);
+
+    const version = await sandbox.execute("import sys\nsys.version_info");
+    assert.equal(version.status, "success", JSON.stringify(version.error));
+    const parts = version.result as unknown[];
+    assert.ok(Array.isArray(parts), `a list, got ${JSON.stringify(parts)}`);
+    assert.deepEqual(parts.slice(0, 2), [3, 14]);
+    assert.equal(parts.length, 5);
+    assert.equal(typeof parts[3], "string");
+
+    const stat = await sandbox.execute(
+      "import os, json\nopen('f.txt', 'w').write('abc')\ns = os.stat('f.txt')\n[s, json.loads(json.dumps(s)) == list(s)]",
+    );
+    assert.equal(stat.status, "success", JSON.stringify(stat.error));
+    const [statList, sameAsJson] = stat.result as [unknown[], boolean];
+    assert.ok(Array.isArray(statList));
+    assert.equal(statList[6], 3, "st_size is the seventh field");
+    assert.equal(sameAsJson, true);
+
+    // A subclass that lies in __iter__ still yields its stored items, and
+    // what does not serialize inside it is a marker, not a failure.
+    const odd = await sandbox.execute(
+      "class T(tuple):\n    def __iter__(self):\n        raise RuntimeError('no')\nT((1, {2}))",
+    );
+    assert.equal(odd.status, "success", JSON.stringify(odd.error));
+    const [one, marker] = odd.result as [number, { type: string }];
+    assert.equal(one, 1);
+    assert.equal(marker.type, "not_serializable");
+  } finally {
+    await sandbox.close();
+  }
+  await assertNoDenoChildren("after the tuple-subclass test");
+});

@@ -4,6 +4,7 @@ import {
   BasePyodideSandbox,
   type CodeExecutionResult,
   PyodideSandbox,
+  SyncPyodideSandbox,
 } from "../mod.ts";
 import {
   assertNoDenoChildren,
@@ -12,6 +13,7 @@ import {
   eventually,
   liveDenoChildren,
   processesStartedAs,
+  TEST_DENO_PATH,
   withSandbox,
   withTempDir,
 } from "./_helpers.ts";
@@ -192,16 +194,17 @@ Deno.test("PyodideSandbox.execute() returns a timeout error for an endless loop 
       ]
     ) {
       const started = performance.now();
-      const result = await sandbox.execute(code, { timeoutSeconds: 3 });
+      // Start-up counts against the limit: leave room for a loaded machine.
+      const result = await sandbox.execute(code, { timeoutSeconds: 8 });
       const elapsed = (performance.now() - started) / 1000;
       assertError(result, "timeout");
       assert.equal(result.stdout, "before the loop\n");
       assert.ok(
-        result.stderr.includes("Execution timed out after 3 seconds"),
+        result.stderr.includes("Execution timed out after 8 seconds"),
         result.stderr,
       );
-      assert.ok(elapsed >= 2.9, `ran until the limit, not ${elapsed} s`);
-      assert.ok(elapsed < 3 + 5, `returned within the limit + 5 s: ${elapsed}`);
+      assert.ok(elapsed >= 7.9, `ran until the limit, not ${elapsed} s`);
+      assert.ok(elapsed < 8 + 5, `returned within the limit + 5 s: ${elapsed}`);
       assertNoDenoChildrenNow("no child outlives the call");
     }
     // The constructor's timeout applies when the call gives none.
@@ -224,9 +227,6 @@ Deno.test("PyodideSandbox.execute() uses the sandbox's timeoutSeconds by default
 
 Deno.test("PyodideSandbox.execute() ends a child that ignores SIGTERM and leaks no process after timeouts", async () => {
   await withSandbox({}, async (sandbox) => {
-    // The timeout covers start-up: start the child first, so the code runs
-    // (and prints) well inside it even on a loaded machine.
-    await sandbox.warmup();
     const result = await sandbox.execute(
       `import js
 from pyodide.ffi import create_proxy
@@ -235,7 +235,7 @@ js.Deno.addSignalListener("SIGINT", create_proxy(lambda: None))
 print("ignoring SIGTERM", flush=True)
 while True:
     pass`,
-      { timeoutSeconds: 4 },
+      { timeoutSeconds: 8 },
     );
     assertError(result, "timeout");
     assert.equal(result.stdout, "ignoring SIGTERM\n");
@@ -596,4 +596,78 @@ Deno.test("PyodideSandbox validates options and calls with TypeError and RangeEr
       RangeError,
     );
   });
+});
+
+/** Asserts `timing` holds three non-negative numbers adding up to `executionTime`. */
+function assertTiming(result: CodeExecutionResult, elapsedMs: number): number {
+  const timing = result.timing;
+  assert.ok(timing, "the result carries timing");
+  for (const name of ["queuedMs", "startMs", "runMs"] as const) {
+    assert.equal(typeof timing[name], "number", name);
+    assert.ok(Number.isFinite(timing[name]) && timing[name] >= 0, name);
+  }
+  const sum = timing.queuedMs + timing.startMs + timing.runMs;
+  assert.ok(
+    Math.abs(sum - result.executionTime * 1000) < 5,
+    `phases ${sum} ms add up to executionTime ${result.executionTime} s`,
+  );
+  assert.ok(
+    sum <= elapsedMs + 50 && sum > elapsedMs - 3000,
+    `phases ${sum} ms are about the elapsed ${elapsedMs} ms`,
+  );
+  return sum;
+}
+
+Deno.test("PyodideSandbox.execute() says where a timed-out call's time went: queued, start-up and code", async () => {
+  await withSandbox({ maxConcurrency: 1 }, async (sandbox) => {
+    const started = performance.now();
+    const elapsed = () => performance.now() - started;
+    // The second call waits in the queue while the first one runs out of
+    // its time, then runs out of its own.
+    const first = sandbox.execute("while True:\n    pass", {
+      timeoutSeconds: 3,
+    }).then((r) => ({ r, ms: elapsed() }));
+    const second = sandbox.execute("while True:\n    pass", {
+      timeoutSeconds: 8,
+    }).then((r) => ({ r, ms: elapsed() }));
+    for (
+      const [{ r, ms }, limit] of [[await first, 3], [await second, 8]] as const
+    ) {
+      assertError(r, "timeout");
+      const phases = new RegExp(
+        `^Execution timed out after ${limit} seconds \\(queued (\\d+\\.\\d) s, start-up (\\d+\\.\\d) s, code (\\d+\\.\\d) s\\)$`,
+      );
+      const match = r.error!.message.match(phases);
+      assert.ok(match, r.error!.message);
+      const spent = Number(match[1]) + Number(match[2]) + Number(match[3]);
+      assert.ok(spent <= limit + 0.2, `the phases fit the budget: ${spent}`);
+      assert.ok(spent >= limit - 0.2, `the phases use the budget: ${spent}`);
+      assert.ok(r.stderr.includes(r.error!.message), r.stderr);
+      assertTiming(r, ms);
+    }
+    // The second call cannot start before the first has given up.
+    const queued = (await second).r.timing!.queuedMs;
+    assert.ok(queued >= 2500, `the second call was queued: ${queued} ms`);
+    const alone = performance.now();
+    const ok = await sandbox.execute("6 * 7");
+    assertSuccess(ok);
+    assertTiming(ok, performance.now() - alone);
+  });
+});
+
+Deno.test("SyncPyodideSandbox.execute() results carry timing too", () => {
+  using sandbox = new SyncPyodideSandbox({
+    poolSize: 0,
+    denoPath: TEST_DENO_PATH,
+  });
+  const started = performance.now();
+  const result = sandbox.execute("1 + 1");
+  assertSuccess(result);
+  assertTiming(result, performance.now() - started);
+  const late = sandbox.execute("while True:\n    pass", { timeoutSeconds: 2 });
+  assertError(late, "timeout");
+  assert.match(
+    late.error!.message,
+    /\(queued .* s, start-up .* s, code .* s\)$/,
+  );
 });

@@ -11,6 +11,10 @@ import { childrenOf } from "./procs.ts";
 
 const sandbox = new PyodideSandbox();
 const result = await sandbox.execute("print(6 * 7)");
+// The pool fills after the call: wait until its first child is started.
+for (let i = 0; i < 200 && sandbox.poolSize === 0; i++) {
+  await new Promise((r) => setTimeout(r, 50));
+}
 const stat = Deno.readTextFileSync("/proc/self/stat");
 const sid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[3]);
 console.log(JSON.stringify({

@@ -1,0 +1,329 @@
+/**
+ * The children of one `PyodideSandbox`: starting them (after the verified
+ * snapshot is in place), the warm pool of loaded one-shot children, and
+ * ending them all on close. Every start in flight is a tracked promise, so
+ * `warmup()` and `close()` wait for exactly what is running.
+ *
+ * @module
+ */
+
+import { type ChildSpec, holdingLoop, SandboxChild } from "./_child.ts";
+import { type Environment, materializeRunner } from "./_setup.ts";
+import {
+  distrustPreload,
+  distrustSnapshot,
+  ensureSnapshot,
+} from "./_snapshot.ts";
+
+/**
+ * How long a call's child runs (once ready) before the pool's replacement
+ * starts, if the call has not ended by then.
+ */
+const REFILL_DELAY_MS = 100;
+
+/**
+ * Pooled children loading at once: one per core. One at a time on 2 cores
+ * measured slower at an agent's pace under load (the pool drained faster
+ * than one child at a time could refill it); what must not happen, a
+ * call's own child loading next to the pool's, {@linkcode
+ * ChildPool.refillAfter} prevents.
+ */
+const LOAD_PARALLELISM = Math.max(
+  1,
+  globalThis.navigator?.hardwareConcurrency ?? 2,
+);
+
+/** What the pool needs from its sandbox. */
+export interface PoolContext {
+  /** Children kept loaded for stateless calls (`poolSize`). */
+  size: number;
+  /** The memory limit of pooled children. */
+  memoryLimitMb: number;
+  /** Resolves the environment (Pyodide's files, the cache folder). */
+  environment(): Environment;
+  /** The complete start specification of a child. */
+  childSpec(memoryLimitMb: number): ChildSpec;
+  /** Read grants the child drops once Pyodide is loaded. */
+  revokeRead(): string[];
+  /** The preloaded state children start from (`preload`), if any. */
+  preload?(): Promise<{ state: Uint8Array; path: string } | undefined>;
+}
+
+/** How to start one child. */
+export interface SpawnOptions {
+  /** End the child after one exec. */
+  oneShot: boolean;
+  /** Packed session state to restore. */
+  state?: Uint8Array;
+  /** Run the runner's call path once before reporting ready (pool). */
+  warm?: boolean;
+}
+
+/**
+ * Starts and tracks the children of one sandbox, with a warm pool.
+ *
+ * @example
+ * ```ts ignore
+ * const pool = new ChildPool(context);
+ * const child = pool.take() ?? await pool.spawn(512, { oneShot: true });
+ * await pool.close();
+ * ```
+ */
+export class ChildPool {
+  #ctx: PoolContext;
+  #idle: SandboxChild[] = [];
+  #live = new Set<SandboxChild>();
+  /** Starts in flight (`spawn()` calls), awaited by `close()`. */
+  #starts = new Set<Promise<unknown>>();
+  /** Pool fillers running, awaited by `warmup()`. */
+  #fills = new Set<Promise<void>>();
+  /** Pooled children being spawned (not yet in `#idle`). */
+  #starting = 0;
+  #prepared?: Promise<string>;
+  #closed = false;
+
+  /**
+   * Creates the pool; nothing starts until {@linkcode spawn},
+   * {@linkcode refill} or {@linkcode warmup}.
+   *
+   * @param ctx The sandbox's side.
+   */
+  constructor(ctx: PoolContext) {
+    this.#ctx = ctx;
+  }
+
+  /** Number of pooled children loaded or loading. */
+  get size(): number {
+    return this.#idle.filter((c) => !c.exited).length;
+  }
+
+  #checkOpen(): void {
+    if (this.#closed) throw new Error("The sandbox is closed");
+  }
+
+  /**
+   * Prepares the environment and the verified snapshot.
+   *
+   * @returns The snapshot's path.
+   */
+  prepare(): Promise<string> {
+    if (!this.#prepared) {
+      const env = this.#ctx.environment();
+      this.#prepared = materializeRunner(env).then(() => ensureSnapshot(env));
+      this.#prepared.catch(() => this.#prepared = undefined);
+    }
+    // Re-check the file's fingerprint each time (cheap; rehashes on change).
+    return this.#prepared.then(() => ensureSnapshot(this.#ctx.environment()));
+  }
+
+  #track<T>(start: Promise<T>): Promise<T> {
+    this.#starts.add(start);
+    start.catch(() => {}).finally(() => this.#starts.delete(start));
+    return start;
+  }
+
+  /**
+   * Starts a child (not a pooled one).
+   *
+   * @param memoryLimitMb Its memory limit.
+   * @param options One-shot or not, state to restore.
+   * @returns The child, possibly still loading.
+   * @throws {Error} When the sandbox is closed or Pyodide cannot be
+   *   prepared.
+   */
+  spawn(memoryLimitMb: number, options: SpawnOptions): Promise<SandboxChild> {
+    if (this.#closed) {
+      return Promise.reject(new Error("The sandbox is closed"));
+    }
+    return this.#track(this.#spawn(memoryLimitMb, options));
+  }
+
+  async #spawn(
+    memoryLimitMb: number,
+    options: SpawnOptions,
+  ): Promise<SandboxChild> {
+    const snapshot = await this.prepare();
+    // Without state of its own, a child starts from the preloaded state.
+    const preload = options.state ? undefined : await this.#ctx.preload?.();
+    this.#checkOpen();
+    const child = await SandboxChild.spawn(this.#ctx.childSpec(memoryLimitMb), {
+      mode: "serve",
+      snapshotPath: snapshot,
+      state: options.state ?? preload?.state,
+      oneShot: options.oneShot,
+      revokeRead: this.#ctx.revokeRead(),
+      warm: options.warm ?? false,
+    });
+    // A child that dies before it is ready may have met a corrupted
+    // snapshot: hash it again before the next start.
+    child.ready.catch(() => {
+      distrustSnapshot(snapshot);
+      if (preload) distrustPreload(preload.path);
+    });
+    this.#live.add(child);
+    child.onExit(() => {
+      this.#live.delete(child);
+      child.cleanup();
+    });
+    if (this.#closed) {
+      child.kill();
+      this.#checkOpen();
+    }
+    return child;
+  }
+
+  /**
+   * Takes a ready (or loading) pooled child: the one started first, so the
+   * furthest along. It is not replaced here: one loading now would compete
+   * with the call for the CPU (see {@linkcode refillAfter}).
+   *
+   * @returns The child, or undefined when the pool is empty or disabled.
+   */
+  take(): SandboxChild | undefined {
+    if (this.#ctx.size === 0) return undefined;
+    this.#idle = this.#idle.filter((c) => !c.exited);
+    return this.#idle.shift();
+  }
+
+  /**
+   * The child of one stateless call: a pooled one when it needs no state
+   * and has the pool's memory limit, else a new one. The pool is not
+   * refilled here, so that the call's own child (when the pool was empty,
+   * as on a fresh sandbox's first call) loads alone: see
+   * {@linkcode refillAfter}.
+   *
+   * @param memoryLimitMb The call's memory limit.
+   * @param state Packed session state to restore.
+   * @returns The child, possibly still loading, where it came from, and
+   *   whether the call should refill the pool.
+   * @throws {Error} When the sandbox is closed or Pyodide cannot be
+   *   prepared.
+   */
+  async acquire(
+    memoryLimitMb: number,
+    state?: Uint8Array,
+  ): Promise<{ child: SandboxChild; pooled: boolean; refill: boolean }> {
+    const refill = !state && memoryLimitMb === this.#ctx.memoryLimitMb &&
+      this.#ctx.size > 0;
+    if (refill) {
+      const child = this.take();
+      if (child) return { child, pooled: true, refill };
+    }
+    const child = await this.spawn(memoryLimitMb, { oneShot: true, state });
+    return { child, pooled: false, refill };
+  }
+
+  /**
+   * Refills the pool once the call on `child` has had its head start: when
+   * the returned function is called (the call ended), or
+   * `REFILL_DELAY_MS` after the child is ready, whichever comes first.
+   *
+   * @param child The call's child.
+   * @returns Call it when the call ends.
+   */
+  refillAfter(child: SandboxChild): () => void {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    let ended = false;
+    child.ready.then(() => {
+      if (!ended) timer = setTimeout(() => this.refill(), REFILL_DELAY_MS);
+    }, () => {});
+    return () => {
+      ended = true;
+      if (timer !== undefined) clearTimeout(timer);
+      this.refill();
+    };
+  }
+
+  /**
+   * Starts children until the pool is full again, at most
+   * `LOAD_PARALLELISM` (one per core) loading at once: each filler starts
+   * its next child when the last one is ready.
+   */
+  refill(): void {
+    if (this.#closed || this.#ctx.size === 0) return;
+    while (this.#fills.size < LOAD_PARALLELISM && this.#missing() > 0) {
+      const fill: Promise<void> = this.#fill().finally(() =>
+        this.#fills.delete(fill)
+      );
+      this.#fills.add(fill);
+    }
+  }
+
+  /** Pooled children still needed, counting the ones being started. */
+  #missing(): number {
+    this.#idle = this.#idle.filter((c) => !c.exited);
+    return this.#ctx.size - this.#idle.length - this.#starting;
+  }
+
+  /** One filler: starts a child, waits until it is loaded, repeats. */
+  async #fill(): Promise<void> {
+    while (!this.#closed && this.#missing() > 0) {
+      let child: SandboxChild;
+      this.#starting++;
+      try {
+        child = await this.spawn(this.#ctx.memoryLimitMb, {
+          oneShot: true,
+          warm: true,
+        });
+      } catch {
+        return; // Closed, or Pyodide cannot be prepared: the next call retries.
+      } finally {
+        this.#starting--;
+      }
+      if (this.#closed) {
+        child.close();
+        return;
+      }
+      this.#idle.push(child);
+      // A child that fails to load stops this filler (no busy loop of
+      // failing starts); the next call's refill tries again.
+      if (!await child.ready.then(() => true, () => false)) return;
+    }
+  }
+
+  /**
+   * Fills the pool and waits until its children are ready (see
+   * {@linkcode refill}). A call that arrives meanwhile takes the child
+   * started first, so it never waits for a start of its own.
+   *
+   * @returns Settles when the pool is ready.
+   * @throws {Error} When the sandbox is closed or Pyodide cannot be
+   *   prepared.
+   */
+  async warmup(): Promise<void> {
+    this.#checkOpen();
+    await holdingLoop(this.prepare());
+    this.refill();
+    while (this.#fills.size > 0) {
+      await holdingLoop(Promise.all(this.#fills));
+    }
+    await holdingLoop(
+      Promise.all(this.#idle.map((c) => c.ready.catch(() => {}))),
+    );
+  }
+
+  /**
+   * Ends every child this pool started, pooled or not, and every start in
+   * flight; further starts throw.
+   *
+   * @returns Settles when all children are gone.
+   */
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#idle = [];
+    await this.#endLive();
+    // A call that was queued when close() ran must not leave a child: wait
+    // for the starts in flight (they see the flag and end their child).
+    while (this.#starts.size > 0) {
+      await holdingLoop(Promise.allSettled(this.#starts));
+      await this.#endLive();
+    }
+  }
+
+  #endLive(): Promise<unknown> {
+    return Promise.all([...this.#live].map((c) => {
+      c.kill();
+      return c.cleanup();
+    }));
+  }
+}
