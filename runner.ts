@@ -541,10 +541,15 @@ async function warm(child: Child): Promise<void> {
  * allocates nothing, so V8 would keep the load's buffers (and their RSS,
  * which a pooled child holds and its kill must free) indefinitely.
  */
-async function collectGarbage(): Promise<void> {
+function collectGarbage(): void {
   try {
-    const v8 = await import("node:v8");
-    const vm = await import("node:vm");
+    // Through getBuiltinModule, never import(): an ES module namespace made
+    // now would keep the originals that lockDown() replaces, and user code
+    // importing node:v8 or node:vm later would get them.
+    // deno-lint-ignore no-explicit-any
+    const process = (globalThis as any).process;
+    const v8 = process.getBuiltinModule("v8");
+    const vm = process.getBuiltinModule("vm");
     // Affects only contexts made after this (vm and workers are locked
     // down before user code runs); the function stays in this scope.
     v8.setFlagsFromString("--expose-gc");
@@ -580,7 +585,7 @@ async function main(): Promise<void> {
   if (init.warm) await warm(child);
   // The snapshot or session state read to load (tens of MB, more with
   // preloaded packages) is garbage now: free it before the child idles.
-  await collectGarbage();
+  collectGarbage();
   // Last step before any user code can run: nothing below may need what
   // this takes away.
   lockDown();

@@ -43,7 +43,7 @@ import {
   mutate,
   Rng,
 } from "./_fuzz_gen.ts";
-import { liveDenoChildren } from "./_helpers.ts";
+import { assertNoDenoChildren, liveDenoChildren } from "./_helpers.ts";
 
 /**
  * How far host RSS may grow over its start. The fuzz sandbox's caps bound a
@@ -389,6 +389,7 @@ if (import.meta.main) {
       seconds: { type: "string", default: "60" },
       targets: { type: "string", default: TARGETS.join(",") },
       only: { type: "string" },
+      json: { type: "boolean" },
     },
   });
   const seed = values.seed === undefined
@@ -402,6 +403,15 @@ if (import.meta.main) {
     targets: values.targets.split(",") as Target[],
     only: values.only === undefined ? undefined : Number(values.only),
   });
+  if (values.json) {
+    // The suite's fuzz test reads this last line (a process of its own, so
+    // its RSS is the fuzzer's alone, not shared with parallel test modules).
+    await assertNoDenoChildren("after the fuzz run").catch((error) => {
+      report.failures.push(String(error));
+    });
+    console.log(JSON.stringify(report));
+    Deno.exit(0);
+  }
   if (report.failures.length) {
     console.log(
       `${report.failures.length} failures; replay one with --seed ${seed} --targets T --only I`,

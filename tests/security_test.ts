@@ -1034,7 +1034,9 @@ sys.stdout.flush()
       // result never arrived within 30 seconds).
       const { value: res, growth } = await watchHostRss(() =>
         sandbox.execute(`"x" * (96 * 1024 * 1024)`, {
-          timeoutSeconds: 20,
+          // Start-up counts too (a child of its own for this memory limit):
+          // generous for a loaded machine, still far below quadratic time.
+          timeoutSeconds: 45,
           memoryLimitMb: 1024,
         })
       );
@@ -1055,7 +1057,7 @@ Deno.test("Output floods and giant writes are capped by maxOutputBytes and keep 
       const { value: res, growth } = await watchHostRss(() =>
         sandbox.execute(
           `import sys\nsys.stdout.write("x" * 150_000_000)\nsys.stdout.flush()\n7`,
-          { timeoutSeconds: 30 },
+          { timeoutSeconds: 60 },
         )
       );
       assert.equal(res.status, "success", res.stderr);

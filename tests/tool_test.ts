@@ -143,13 +143,25 @@ Deno.test("pythonTool() description states the real Python version, limits, pack
     assert.ok(d.includes("60 seconds"), d);
     assert.ok(d.includes("512 MB of memory"), d);
     assert.ok(d.includes("Network: none"), d);
-    assert.ok(d.includes("no others can be installed"), d);
+    // The default index (the Pyodide distribution) installs on import.
+    assert.ok(d.includes("other packages are installed on import"), d);
     assert.equal(
       pythonTool(plain, { description: "Mine" }).description,
       "Mine",
     );
   } finally {
     await plain.close();
+  }
+  const offline = new PyodideSandbox({
+    poolSize: 0,
+    denoPath: TEST_DENO_PATH,
+    packageIndexUrls: [],
+  });
+  try {
+    const d = pythonTool(offline).description;
+    assert.ok(d.includes("no others can be installed"), d);
+  } finally {
+    await offline.close();
   }
 });
 
