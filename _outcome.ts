@@ -17,7 +17,7 @@ import type {
 } from "./result.ts";
 import type { ExecuteOptions, StreamEvent } from "./options.ts";
 import type { CallOutcome, SandboxChild } from "./_child.ts";
-import { type ResultHeader, type RunnerOut } from "./_protocol.ts";
+import type { ResultHeader, RunnerOut } from "./_protocol.ts";
 import { decodeFiles, type FileLimits } from "./_protocol_checks.ts";
 import { sealSession } from "./_session_bytes.ts";
 import type { Settings } from "./_settings.ts";

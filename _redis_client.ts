@@ -10,7 +10,9 @@
 import { Buffer } from "node:buffer";
 import { isIP } from "node:net";
 import type { ConnectionOptions } from "node:tls";
-// Exact npm: specifier, not the bare one: URL importers have no import map.
+// Exact npm: specifier, not the bare one: URL importers have no import map
+// (tests/remote_import_test.ts checks the entry points use no bare one).
+// deno-lint-ignore no-import-prefix
 import { Redis } from "npm:ioredis@6.0.0";
 import {
   scrub,
