@@ -14,15 +14,14 @@ import {
 } from "../mod.ts";
 
 /**
- * A `deno` binary path unique to this test module: a symlink to the running
- * deno. Sandboxes built with it as `denoPath` start children whose argv[0]
- * is this path, so leak checks count only this module's children even when
- * `deno test --parallel` runs other modules in the same process.
+ * A temporary folder for this test module, removed when the module's
+ * process unloads (a module-wide cache folder: one snapshot build).
+ *
+ * @param prefix The folder name's prefix.
+ * @returns Its path.
  */
-export const TEST_DENO_PATH: string = (() => {
-  const dir = Deno.makeTempDirSync({ prefix: "sandbox-test-deno-" });
-  const path = `${dir}/deno`;
-  Deno.symlinkSync(Deno.execPath(), path);
+export function moduleTempDir(prefix: string): string {
+  const dir = Deno.makeTempDirSync({ prefix });
   globalThis.addEventListener("unload", () => {
     try {
       Deno.removeSync(dir, { recursive: true });
@@ -30,6 +29,18 @@ export const TEST_DENO_PATH: string = (() => {
       // Already gone.
     }
   });
+  return dir;
+}
+
+/**
+ * A `deno` binary path unique to this test module: a symlink to the running
+ * deno. Sandboxes built with it as `denoPath` start children whose argv[0]
+ * is this path, so leak checks count only this module's children even when
+ * `deno test --parallel` runs other modules in the same process.
+ */
+export const TEST_DENO_PATH: string = (() => {
+  const path = `${moduleTempDir("sandbox-test-deno-")}/deno`;
+  Deno.symlinkSync(Deno.execPath(), path);
   return path;
 })();
 

@@ -8,19 +8,12 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { writeResultFiles } from "../_files_out.ts";
 import type { ResultFile } from "../result.ts";
-import { TEST_DENO_PATH } from "./_helpers.ts";
+import { moduleTempDir, TEST_DENO_PATH } from "./_helpers.ts";
 
 const CLI_TS = fileURLToPath(new URL("../cli.ts", import.meta.url));
 
 /** One cache folder for this module's CLI runs (one snapshot build). */
-const CACHE_DIR = Deno.makeTempDirSync({ prefix: "cli-hostile-cache-" });
-globalThis.addEventListener("unload", () => {
-  try {
-    Deno.removeSync(CACHE_DIR, { recursive: true });
-  } catch {
-    // Already gone.
-  }
-});
+const CACHE_DIR = moduleTempDir("cli-hostile-cache-");
 
 interface Run {
   code: number;

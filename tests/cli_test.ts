@@ -10,19 +10,12 @@ import { splitPythonArgs } from "../_cli_flags.ts";
 import { MODULE_VERSION, PINNED_PYODIDE_VERSION } from "../_version.ts";
 import { PYODIDE_VERSION } from "../runner.ts";
 import denoJson from "../deno.json" with { type: "json" };
-import { TEST_DENO_PATH, withTempDir } from "./_helpers.ts";
+import { moduleTempDir, TEST_DENO_PATH, withTempDir } from "./_helpers.ts";
 
 const CLI_TS = fileURLToPath(new URL("../cli.ts", import.meta.url));
 
 /** One cache folder for this module's runs: one snapshot build. */
-const CACHE_DIR = Deno.makeTempDirSync({ prefix: "cli-test-cache-" });
-globalThis.addEventListener("unload", () => {
-  try {
-    Deno.removeSync(CACHE_DIR, { recursive: true });
-  } catch {
-    // Already gone.
-  }
-});
+const CACHE_DIR = moduleTempDir("cli-test-cache-");
 
 interface Run {
   code: number;

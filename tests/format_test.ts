@@ -11,16 +11,9 @@ import {
   formatResult,
   type SandboxOptions,
 } from "../mod.ts";
-import { assertSuccess, withSandbox } from "./_helpers.ts";
+import { assertSuccess, moduleTempDir, withSandbox } from "./_helpers.ts";
 
-const CACHE_DIR = Deno.makeTempDirSync({ prefix: "format-test-cache-" });
-globalThis.addEventListener("unload", () => {
-  try {
-    Deno.removeSync(CACHE_DIR, { recursive: true });
-  } catch {
-    // Already gone.
-  }
-});
+const CACHE_DIR = moduleTempDir("format-test-cache-");
 
 async function run(
   code: string,

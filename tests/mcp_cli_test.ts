@@ -8,19 +8,12 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
-import { withTempDir } from "./_helpers.ts";
+import { moduleTempDir, withTempDir } from "./_helpers.ts";
 import { buildWheel } from "./_wheel.ts";
 import { stdioEnv, tool } from "./_mcp.ts";
 
 const MCP_TS = fileURLToPath(new URL("../mcp.ts", import.meta.url));
-const CACHE_DIR = Deno.makeTempDirSync({ prefix: "mcp-cli-test-cache-" });
-globalThis.addEventListener("unload", () => {
-  try {
-    Deno.removeSync(CACHE_DIR, { recursive: true });
-  } catch {
-    // Already gone.
-  }
-});
+const CACHE_DIR = moduleTempDir("mcp-cli-test-cache-");
 const SERVER_FLAGS = ["--pool-size", "0", "--cache-dir", CACHE_DIR];
 
 Deno.test("mcp.ts --help prints the usage and the exit codes on stdout and exits 0, as --version does; a bad flag exits 2", async () => {

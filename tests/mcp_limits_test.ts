@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { isRunning } from "./_fixtures/procs.ts";
-import { eventually } from "./_helpers.ts";
+import { eventually, moduleTempDir } from "./_helpers.ts";
 import { startMcpHttp } from "./_mcp.ts";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { InMemoryTransport } from "@modelcontextprotocol/sdk/inMemory.js";
@@ -22,14 +22,7 @@ import type { ToolCallContext } from "../_mcp_sdk.ts";
 const MCP_TS = fileURLToPath(new URL("../mcp.ts", import.meta.url));
 const MIB = 1024 * 1024;
 
-const CACHE_DIR = Deno.makeTempDirSync({ prefix: "mcp-limits-cache-" });
-globalThis.addEventListener("unload", () => {
-  try {
-    Deno.removeSync(CACHE_DIR, { recursive: true });
-  } catch {
-    // Already gone.
-  }
-});
+const CACHE_DIR = moduleTempDir("mcp-limits-cache-");
 
 const SERVER_FLAGS = [
   "--pool-size",

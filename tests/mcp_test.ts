@@ -10,7 +10,7 @@ import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { childrenOf, isRunning } from "./_fixtures/procs.ts";
-import { eventually } from "./_helpers.ts";
+import { eventually, moduleTempDir } from "./_helpers.ts";
 import {
   CALL_TIMEOUT_MS,
   startMcpHttp,
@@ -21,14 +21,7 @@ import {
 
 const MCP_TS = fileURLToPath(new URL("../mcp.ts", import.meta.url));
 const TOKEN = "mcp-test-token-0123456789";
-const CACHE_DIR = Deno.makeTempDirSync({ prefix: "mcp-test-cache-" });
-globalThis.addEventListener("unload", () => {
-  try {
-    Deno.removeSync(CACHE_DIR, { recursive: true });
-  } catch {
-    // Already gone.
-  }
-});
+const CACHE_DIR = moduleTempDir("mcp-test-cache-");
 const SERVER_FLAGS = ["--pool-size", "0", "--cache-dir", CACHE_DIR];
 
 function texts(result: ToolResult): string[] {

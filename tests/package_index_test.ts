@@ -26,6 +26,7 @@ import { PYODIDE_VERSION } from "../runner.ts";
 import { buildWheel } from "./_wheel.ts";
 import {
   assertNoDenoChildren,
+  moduleTempDir,
   TEST_DENO_PATH,
   withTempDir,
 } from "./_helpers.ts";
@@ -40,14 +41,7 @@ const FANCY = buildWheel("fancy-lib", "1.2.3", {
 const USE_FANCY = "import fancy\nprint('value', fancy.VALUE)\nfancy.NAME";
 
 /** One cache folder for the module (the base snapshot is built once). */
-const CACHE_DIR = Deno.makeTempDirSync({ prefix: "sandbox-index-test-" });
-globalThis.addEventListener("unload", () => {
-  try {
-    Deno.removeSync(CACHE_DIR, { recursive: true });
-  } catch {
-    // Already gone.
-  }
-});
+const CACHE_DIR = moduleTempDir("sandbox-index-test-");
 
 interface Cdn {
   base: string;

@@ -15,17 +15,15 @@ import {
   SessionPool,
   UnknownSessionError,
 } from "../mod.ts";
-import { eventually, TEST_DENO_PATH, withTempDir } from "./_helpers.ts";
+import {
+  eventually,
+  moduleTempDir,
+  TEST_DENO_PATH,
+  withTempDir,
+} from "./_helpers.ts";
 import { buildWheel } from "./_wheel.ts";
 
-const CACHE_DIR = Deno.makeTempDirSync({ prefix: "tool-test-cache-" });
-globalThis.addEventListener("unload", () => {
-  try {
-    Deno.removeSync(CACHE_DIR, { recursive: true });
-  } catch {
-    // Already gone.
-  }
-});
+const CACHE_DIR = moduleTempDir("tool-test-cache-");
 
 async function withTestSandbox(
   options: SandboxOptions,
