@@ -10,6 +10,7 @@ import { resolve } from "node:path";
 import type { PermissionOptions } from "./permissions.ts";
 import type { ErrorKind, MimeBundle } from "./result.ts";
 import type { CallOutcome } from "./_child.ts";
+import { toHex } from "./_bytes.ts";
 import {
   callRedactor,
   checkRedactOption,
@@ -217,6 +218,61 @@ export interface GuardContext {
 }
 
 /**
+ * Replaces a call's output callbacks by redacting ones.
+ *
+ * @param call The call (changed in place).
+ * @param redactor The call's redactor.
+ * @returns The stream redactors, to flush when the call ends.
+ */
+function redactCallbacks(
+  call: GuardedCall,
+  redactor: ReturnType<typeof callRedactor>,
+): StreamRedactor[] {
+  const streams: StreamRedactor[] = [];
+  if (!redactor.active) return streams;
+  for (const name of ["onStdout", "onStderr"] as const) {
+    const sink = call[name];
+    if (sink) {
+      const stream = redactor.stream(sink);
+      streams.push(stream);
+      call[name] = (text) => stream.push(text);
+    }
+  }
+  const onDisplay = call.onDisplay;
+  if (onDisplay) call.onDisplay = (b) => onDisplay(redactor.bundle(b));
+  return streams;
+}
+
+/**
+ * The audit fields that tell how a call ended.
+ *
+ * @param result The result, or undefined when the call rejected.
+ * @param aborted Whether the call's signal aborted.
+ * @returns `status`, and `errorKind` when there is one.
+ */
+function outcomeFields(
+  result: GuardedResult | undefined,
+  aborted: boolean,
+): Pick<AuditRecord, "status" | "errorKind"> {
+  if (result) {
+    return result.error
+      ? { status: result.status, errorKind: result.error.kind }
+      : { status: result.status };
+  }
+  return aborted
+    ? { status: "aborted" }
+    : { status: "error", errorKind: "crash" };
+}
+
+/** Whether any output or file of a result was cut (false without one). */
+function truncatedOf(result: GuardedResult | undefined): boolean {
+  return result
+    ? result.stdoutTruncated || result.stderrTruncated ||
+      (result.files ?? []).some((f) => f.truncated)
+    : false;
+}
+
+/**
  * Wraps each execution of a sandbox: redacts streamed chunks and the
  * result, and writes the audit record.
  *
@@ -282,19 +338,7 @@ export class CallGuard {
         stderrBytes: outcome.stderrBytes,
       };
     };
-    const streams: StreamRedactor[] = [];
-    if (redactor.active) {
-      for (const name of ["onStdout", "onStderr"] as const) {
-        const sink = call[name];
-        if (sink) {
-          const stream = redactor.stream(sink);
-          streams.push(stream);
-          call[name] = (text) => stream.push(text);
-        }
-      }
-      const onDisplay = call.onDisplay;
-      if (onDisplay) call.onDisplay = (b) => onDisplay(redactor.bundle(b));
-    }
+    const streams = redactCallbacks(call, redactor);
 
     let result: R | undefined;
     let failure: { error: unknown } | undefined;
@@ -306,11 +350,11 @@ export class CallGuard {
       for (const stream of streams) stream.flush();
     }
     if (auditing) {
-      const record: AuditRecord = {
+      await this.#deliver({
         time: time.toISOString(),
         sandboxId: this.sandboxId,
         ...(sessionId === undefined ? {} : { sessionId }),
-        codeSha256: hex(new Uint8Array(await digest!)),
+        codeSha256: toHex(new Uint8Array(await digest!)),
         codeBytes: codeBytes.length,
         ...(settings.auditCode ? { code: call.code } : {}),
         permissions: structuredClone(settings.permissions),
@@ -321,25 +365,10 @@ export class CallGuard {
           maxCodeBytes: settings.maxCodeBytes,
         },
         durationMs: Math.round((performance.now() - started) * 1000) / 1000,
-        status: result
-          ? result.status
-          : call.signal?.aborted
-          ? "aborted"
-          : "error",
-        ...(result?.error
-          ? { errorKind: result.error.kind }
-          : result
-          ? {}
-          : call.signal?.aborted
-          ? {}
-          : { errorKind: "crash" as const }),
+        ...outcomeFields(result, call.signal?.aborted === true),
         ...counts,
-        truncated: result
-          ? result.stdoutTruncated || result.stderrTruncated ||
-            (result.files ?? []).some((f) => f.truncated)
-          : false,
-      };
-      await this.#deliver(record);
+        truncated: truncatedOf(result),
+      });
     }
     if (failure) throw failure.error;
     return result!;
@@ -381,8 +410,4 @@ export class CallGuard {
       }
     }
   }
-}
-
-function hex(bytes: Uint8Array): string {
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }

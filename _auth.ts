@@ -6,6 +6,8 @@
  * @module
  */
 
+import { constantTimeEqual } from "./_bytes.ts";
+
 /**
  * Compares two strings in time that does not depend on where they differ:
  * both are hashed with SHA-256 and the digests compared in full.
@@ -23,11 +25,7 @@ export async function tokenMatches(
     crypto.subtle.digest("SHA-256", enc.encode(given)),
     crypto.subtle.digest("SHA-256", enc.encode(expected)),
   ]);
-  const x = new Uint8Array(a);
-  const y = new Uint8Array(b);
-  let diff = 0;
-  for (let i = 0; i < x.length; i++) diff |= x[i] ^ y[i];
-  return diff === 0;
+  return constantTimeEqual(new Uint8Array(a), new Uint8Array(b));
 }
 
 /**

@@ -1,6 +1,7 @@
 /**
- * Byte helpers shared by the host side: concatenation, base64 for bytes in
- * JSON (CLI output, HTTP API), and SharedArrayBuffers for moving bytes
+ * Byte helpers shared by the host side: concatenation, hex, a
+ * constant-time comparison, base64 for bytes in JSON (CLI output, HTTP
+ * API), and SharedArrayBuffers for moving bytes
  * between threads (Deno's `node:worker_threads` ports copy large typed
  * arrays slowly — seconds for 20 MB — while a shared buffer is passed by
  * reference).
@@ -24,6 +25,31 @@ export function concatBytes(parts: Uint8Array[]): Uint8Array {
     offset += part.length;
   }
   return out;
+}
+
+/**
+ * Formats bytes as lowercase hex.
+ *
+ * @param bytes Input.
+ * @returns Two hex digits a byte.
+ */
+export function toHex(bytes: Uint8Array): string {
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * Compares two byte arrays in time that does not depend on where they
+ * differ (only on their length).
+ *
+ * @param a One array.
+ * @param b The other.
+ * @returns True when they have the same length and bytes.
+ */
+export function constantTimeEqual(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  let diff = 0;
+  for (let i = 0; i < a.length; i++) diff |= a[i] ^ b[i];
+  return diff === 0;
 }
 
 /**

@@ -9,6 +9,7 @@ import {
   encodeToChild,
   type InitRequest,
   NONCE_BYTES,
+  STATE_REJECTED_EXIT,
   ToChild,
   ToParent,
 } from "./_protocol.ts";
@@ -72,6 +73,8 @@ export interface ChildSpec {
 export interface ChildInit extends InitRequest {
   /** Packed session state to restore instead of the base snapshot. */
   state?: Uint8Array;
+  /** The sha256 of `snapshotPath`: what the child's saved state needs. */
+  baseSha256?: string;
 }
 
 /**
@@ -100,6 +103,9 @@ export class SandboxChild {
   readonly pid: number;
   /** When the child was spawned (`performance.now()`). */
   readonly spawnedAt: number = performance.now();
+  /** The sha256 of the base snapshot its saved state is a diff from. */
+  readonly baseSha256?: string;
+  #wasReady = false;
 
   private constructor(
     spec: ChildSpec,
@@ -107,6 +113,7 @@ export class SandboxChild {
     init: ChildInit,
   ) {
     this.#cwd = cwd;
+    this.baseSha256 = init.baseSha256;
     const nonce = crypto.getRandomValues(new Uint8Array(NONCE_BYTES));
     this.#parser = new FrameParser(nonce, spec.limits);
     this.#idleMax = spec.idleOutputBytes ?? 1024 * 1024;
@@ -138,6 +145,8 @@ export class SandboxChild {
           oneShot: init.oneShot,
           revokeRead: init.revokeRead,
           warm: init.warm,
+          maxStateBytes: init.maxStateBytes,
+          maxImageBytes: init.maxImageBytes,
         } satisfies InitRequest,
         initBin,
       ),
@@ -176,6 +185,7 @@ export class SandboxChild {
     );
     this.ready.catch(() => {});
     this.ready.then(() => {
+      this.#wasReady = true;
       if (this.#pauseUntilSent && !this.#sentAny) {
         clearInterval(this.#watchdog);
         this.#watchdog = undefined;
@@ -226,6 +236,16 @@ export class SandboxChild {
   onExit(fn: () => void): void {
     if (this.exited) fn();
     else this.#exitListeners.add(fn);
+  }
+
+  /**
+   * Whether the child exited before it was ready because the session state
+   * it was given could not be restored (not a crash).
+   *
+   * @returns True when the state was refused.
+   */
+  get stateRejected(): boolean {
+    return !this.#wasReady && this.#exitCode === STATE_REJECTED_EXIT;
   }
 
   /** A short description of how the child ended, for error messages. */

@@ -14,7 +14,7 @@ import {
   permissionOptionKey,
   type PermissionOptions,
 } from "./permissions.ts";
-import type { SandboxOptions } from "./sandbox.ts";
+import type { SandboxOptions } from "./options.ts";
 
 const PERMISSION_FLAG = /^--allow-([a-z]+)(?:=(.*))?$/s;
 

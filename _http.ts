@@ -10,7 +10,7 @@
 
 import { concatBytes } from "./_bytes.ts";
 import type { ExecuteOptions } from "./options.ts";
-import { SessionError } from "./sandbox.ts";
+import { SessionError } from "./_session_bytes.ts";
 import type { SessionMetadata } from "./result.ts";
 import { SessionLimitError, UnknownSessionError } from "./_session_store.ts";
 import { QueueFullError, ShuttingDownError } from "./_service.ts";

@@ -28,6 +28,8 @@ import type { CodeExecutionResult, SandboxOptions } from "./mod.ts";
 import { formatResult, type FormatResultOptions } from "./format.ts";
 import { SessionPool } from "./sessions.ts";
 import { integerOption, SandboxService } from "./_service.ts";
+import { startSweep } from "./_session_store.ts";
+import type { SharedSessionStore } from "./handler.ts";
 import { describeSandbox } from "./_tool_description.ts";
 import { MODULE_VERSION } from "./_version.ts";
 import { WWW_AUTHENTICATE } from "./_auth.ts";
@@ -88,6 +90,23 @@ export interface SandboxMcpOptions {
    * @default {{}}
    */
   formatOptions?: FormatResultOptions;
+  /**
+   * A shared session store from `redisSessionStore()` (the `./server`
+   * entry): `create_session` sessions live in it, so any replica serves
+   * them (`run_python` with their `session_id`, `close_session`), with
+   * the same leases, fencing and write-back as the HTTP server. The
+   * interpreters of MCP sessions (calls without `session_id`) stay on the
+   * replica. Not closed by `close()`.
+   * @default {undefined}
+   */
+  sessionStore?: SharedSessionStore;
+  /**
+   * With a `sessionStore`: `0` writes every step back before answering;
+   * `N > 0` writes a session back at most every N seconds and on
+   * `close()` (a crash loses at most N seconds of acknowledged steps).
+   * @default {0}
+   */
+  sessionCheckpointSeconds?: number;
 }
 
 /**
@@ -226,6 +245,8 @@ export class SandboxMcpCore implements SandboxMcp {
       token: options.token,
       maxSessions,
       sessionIdleSeconds: options.sessionIdleSeconds,
+      sessionStore: options.sessionStore,
+      sessionCheckpointSeconds: options.sessionCheckpointSeconds,
       ...(options.sandbox
         ? { maxTimeoutSeconds: timeoutOf(options.sandbox) }
         : {}),
@@ -247,11 +268,7 @@ export class SandboxMcpCore implements SandboxMcp {
     ].filter(Boolean).join("\n");
     this.#tools = toolSpecs(description);
     this.#format = options.formatOptions;
-    this.#sweep = setInterval(
-      () => this.#expire(),
-      Math.max(50, Math.min(30_000, idleSeconds * 250)),
-    );
-    Deno.unrefTimer(this.#sweep);
+    this.#sweep = startSweep(idleSeconds, () => this.#expire());
   }
 
   /** The sandbox the tools run code in. */
@@ -316,7 +333,7 @@ export class SandboxMcpCore implements SandboxMcp {
         };
       }
       const id = args.session_id as string;
-      if (await this.#service.sessions.delete(id)) {
+      if (await this.#service.deleteSession(id)) {
         return { content: [{ type: "text", text: `Closed session ${id}` }] };
       }
       return errorOutput(

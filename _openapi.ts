@@ -44,6 +44,11 @@ export interface RouteDoc {
   responses: Record<string, string>;
 }
 
+/** The listed status codes, each answered with an `Error` body. */
+function errors(...codes: string[]): Record<string, string> {
+  return Object.fromEntries(codes.map((code) => [code, "Error"]));
+}
+
 /** The playground page's route, served only with `playground: true`. */
 export const PLAYGROUND_ROUTE: RouteDoc = {
   method: "GET",
@@ -62,7 +67,7 @@ export const API_ROUTES: readonly RouteDoc[] = [
     operationId: "getHealth",
     summary: "Liveness: 200 while serving, 503 while shutting down",
     auth: false,
-    responses: { "200": "Health", "503": "Error" },
+    responses: { "200": "Health", ...errors("503") },
   },
   {
     method: "GET",
@@ -70,7 +75,7 @@ export const API_ROUTES: readonly RouteDoc[] = [
     operationId: "getMetrics",
     summary: "Metrics in Prometheus text format",
     auth: true,
-    responses: { "200": "Metrics", "401": "Error", "503": "Error" },
+    responses: { "200": "Metrics", ...errors("401", "503") },
   },
   {
     method: "GET",
@@ -78,7 +83,7 @@ export const API_ROUTES: readonly RouteDoc[] = [
     operationId: "getOpenApi",
     summary: "This OpenAPI 3.1 document",
     auth: true,
-    responses: { "200": "OpenApi", "401": "Error", "503": "Error" },
+    responses: { "200": "OpenApi", ...errors("401", "503") },
   },
   {
     method: "POST",
@@ -89,12 +94,7 @@ export const API_ROUTES: readonly RouteDoc[] = [
     requestBody: { schema: "ExecuteRequest", required: true },
     responses: {
       "200": "CodeExecutionResult",
-      "400": "Error",
-      "401": "Error",
-      "413": "Error",
-      "415": "Error",
-      "429": "Error",
-      "503": "Error",
+      ...errors("400", "401", "413", "415", "429", "503"),
     },
   },
   {
@@ -106,12 +106,7 @@ export const API_ROUTES: readonly RouteDoc[] = [
     requestBody: { schema: "SessionImport", required: false },
     responses: {
       "201": "SessionCreated",
-      "400": "Error",
-      "401": "Error",
-      "413": "Error",
-      "415": "Error",
-      "429": "Error",
-      "503": "Error",
+      ...errors("400", "401", "413", "415", "429", "503"),
     },
   },
   {
@@ -120,7 +115,7 @@ export const API_ROUTES: readonly RouteDoc[] = [
     operationId: "listSessions",
     summary: "List live sessions with their age and size",
     auth: true,
-    responses: { "200": "SessionList", "401": "Error", "503": "Error" },
+    responses: { "200": "SessionList", ...errors("401", "503") },
   },
   {
     method: "POST",
@@ -131,13 +126,7 @@ export const API_ROUTES: readonly RouteDoc[] = [
     requestBody: { schema: "ExecuteRequest", required: true },
     responses: {
       "200": "CodeExecutionResult",
-      "400": "Error",
-      "401": "Error",
-      "404": "Error",
-      "413": "Error",
-      "415": "Error",
-      "429": "Error",
-      "503": "Error",
+      ...errors("400", "401", "404", "413", "415", "429", "503"),
     },
   },
   {
@@ -148,10 +137,7 @@ export const API_ROUTES: readonly RouteDoc[] = [
     auth: true,
     responses: {
       "200": "SessionExport",
-      "401": "Error",
-      "404": "Error",
-      "409": "Error",
-      "503": "Error",
+      ...errors("401", "404", "409", "503"),
     },
   },
   {
@@ -160,12 +146,7 @@ export const API_ROUTES: readonly RouteDoc[] = [
     operationId: "deleteSession",
     summary: "Close a session",
     auth: true,
-    responses: {
-      "204": "",
-      "401": "Error",
-      "404": "Error",
-      "503": "Error",
-    },
+    responses: { "204": "", ...errors("401", "404", "503") },
   },
 ];
 
@@ -190,6 +171,17 @@ const MEDIA_TYPES: Record<string, string> = {
 };
 
 const BASE64 = { type: "string", contentEncoding: "base64" };
+
+/** A reference to one of {@linkcode SCHEMAS}. */
+function ref(schema: string): { $ref: string } {
+  return { $ref: `#/components/schemas/${schema}` };
+}
+
+/** Session state as bytes and metadata, in results, imports and exports. */
+const SESSION_STATE = {
+  sessionBytes: BASE64,
+  sessionMetadata: ref("SessionMetadata"),
+};
 
 /** Binary MIME types whose display data is base64 text. */
 const BINARY_DISPLAY_TYPES = ["image/png", "image/jpeg", "image/gif"];
@@ -271,10 +263,10 @@ const SCHEMAS: Record<string, unknown> = {
       "text/html": { type: "string" },
       "text/markdown": { type: "string" },
       "image/svg+xml": { type: "string" },
-      "application/json": { $ref: "#/components/schemas/JsonValue" },
+      "application/json": ref("JsonValue"),
       ...Object.fromEntries(BINARY_DISPLAY_TYPES.map((t) => [t, BASE64])),
     },
-    additionalProperties: { $ref: "#/components/schemas/JsonValue" },
+    additionalProperties: ref("JsonValue"),
   },
   ResultFile: {
     type: "object",
@@ -296,7 +288,7 @@ const SCHEMAS: Record<string, unknown> = {
       stdoutTruncated: { type: "boolean" },
       stderrTruncated: { type: "boolean" },
       result: {
-        $ref: "#/components/schemas/JsonValue",
+        ...ref("JsonValue"),
         description: "JSON value of the last expression",
       },
       executionTime: { type: "number" },
@@ -309,18 +301,17 @@ const SCHEMAS: Record<string, unknown> = {
           runMs: { type: "number" },
         },
       },
-      sessionBytes: BASE64,
-      sessionMetadata: { $ref: "#/components/schemas/SessionMetadata" },
-      error: { $ref: "#/components/schemas/ExecutionError" },
+      ...SESSION_STATE,
+      error: ref("ExecutionError"),
       displays: {
         type: "array",
         description: "Rich displays in output order",
-        items: { $ref: "#/components/schemas/MimeBundle" },
+        items: ref("MimeBundle"),
       },
       files: {
         type: "array",
         description: "Files created or changed under the working folder",
-        items: { $ref: "#/components/schemas/ResultFile" },
+        items: ref("ResultFile"),
       },
     },
   },
@@ -337,15 +328,12 @@ const SCHEMAS: Record<string, unknown> = {
         items: { type: "string" },
       },
     },
-    additionalProperties: { $ref: "#/components/schemas/JsonValue" },
+    additionalProperties: ref("JsonValue"),
   },
   SessionImport: {
     type: "object",
     additionalProperties: false,
-    properties: {
-      sessionBytes: BASE64,
-      sessionMetadata: { $ref: "#/components/schemas/SessionMetadata" },
-    },
+    properties: { ...SESSION_STATE },
     dependentRequired: {
       sessionBytes: ["sessionMetadata"],
       sessionMetadata: ["sessionBytes"],
@@ -359,10 +347,7 @@ const SCHEMAS: Record<string, unknown> = {
   SessionExport: {
     type: "object",
     required: ["sessionBytes", "sessionMetadata"],
-    properties: {
-      sessionBytes: BASE64,
-      sessionMetadata: { $ref: "#/components/schemas/SessionMetadata" },
-    },
+    properties: { ...SESSION_STATE },
   },
   SessionList: {
     type: "object",
@@ -395,7 +380,7 @@ const SCHEMAS: Record<string, unknown> = {
 function content(schema: string): Record<string, unknown> {
   return {
     [MEDIA_TYPES[schema] ?? "application/json"]: {
-      schema: { $ref: `#/components/schemas/${schema}` },
+      schema: ref(schema),
     },
   };
 }
@@ -438,7 +423,7 @@ function operation(route: RouteDoc): Record<string, unknown> {
  *   changes no later document).
  * @example
  * ```ts
- * import { openApiDocument } from "./handler.ts";
+ * import { openApiDocument } from "./mod.ts";
  * const doc = openApiDocument();
  * console.log(Object.keys(doc.paths as object).includes("/v1/execute")); // true
  * ```

@@ -227,6 +227,12 @@ export async function resultFromOutcome(
     displays: outcome.displays,
     files: files.files,
   };
+  if (!outcome.frame && ctx.child?.stateRejected) {
+    // The child refused the session state before any user code ran.
+    const message =
+      `The session bytes could not be restored: ${ctx.child.describeExit()}`;
+    return errorResult(base, "session", message, ctx.clock);
+  }
   if (!outcome.frame) {
     const kind: ErrorKind = outcome.ended === "timeout"
       ? "timeout"
@@ -314,9 +320,13 @@ async function addState(
   }
   Object.assign(
     result,
-    await sealSession(state, ctx.previous, ctx.secret, {
-      packages: header.packages ?? [],
-    }),
+    await sealSession(
+      state,
+      ctx.previous,
+      ctx.secret,
+      { packages: header.packages ?? [] },
+      ctx.child?.baseSha256,
+    ),
   );
 }
 

@@ -10,9 +10,10 @@
 import { type ChildSpec, holdingLoop, SandboxChild } from "./_child.ts";
 import { type Environment, materializeRunner } from "./_setup.ts";
 import {
+  type BaseSnapshot,
   distrustPreload,
   distrustSnapshot,
-  ensureSnapshot,
+  ensureBase,
 } from "./_snapshot.ts";
 
 /**
@@ -33,6 +34,12 @@ const LOAD_PARALLELISM = Math.max(
   globalThis.navigator?.hardwareConcurrency ?? 2,
 );
 
+/**
+ * What restored state may inflate to beyond the memory limit: the snapshot
+ * header and the working-folder files.
+ */
+const STATE_SLACK_MB = 64;
+
 /** What the pool needs from its sandbox. */
 export interface PoolContext {
   /** Children kept loaded for stateless calls (`poolSize`). */
@@ -41,20 +48,31 @@ export interface PoolContext {
   memoryLimitMb: number;
   /** Resolves the environment (Pyodide's files, the cache folder). */
   environment(): Environment;
-  /** The complete start specification of a child. */
-  childSpec(memoryLimitMb: number): ChildSpec;
+  /**
+   * The complete start specification of a child; `extraReads` are granted
+   * too (an imported base snapshot the child restores from).
+   */
+  childSpec(memoryLimitMb: number, extraReads?: string[]): ChildSpec;
   /** Read grants the child drops once Pyodide is loaded. */
   revokeRead(): string[];
   /** The preloaded state children start from (`preload`), if any. */
   preload?(): Promise<{ state: Uint8Array; path: string } | undefined>;
 }
 
+/** Session state for a child to restore, checked by the host. */
+export interface RestoredState {
+  /** The deflated state (a diff from `base`, or a whole format-1 state). */
+  payload: Uint8Array;
+  /** The base snapshot a diff needs; none for a format-1 state. */
+  base?: BaseSnapshot;
+}
+
 /** How to start one child. */
 export interface SpawnOptions {
   /** End the child after one exec. */
   oneShot: boolean;
-  /** Packed session state to restore. */
-  state?: Uint8Array;
+  /** Session state to restore. */
+  state?: RestoredState;
   /** Run the runner's call path once before reporting ready (pool). */
   warm?: boolean;
 }
@@ -79,7 +97,7 @@ export class ChildPool {
   #fills = new Set<Promise<void>>();
   /** Pooled children being spawned (not yet in `#idle`). */
   #starting = 0;
-  #prepared?: Promise<string>;
+  #prepared?: Promise<BaseSnapshot>;
   #closed = false;
 
   /**
@@ -104,16 +122,16 @@ export class ChildPool {
   /**
    * Prepares the environment and the verified snapshot.
    *
-   * @returns The snapshot's path.
+   * @returns The snapshot's path and sha256.
    */
-  prepare(): Promise<string> {
+  prepare(): Promise<BaseSnapshot> {
     if (!this.#prepared) {
       const env = this.#ctx.environment();
-      this.#prepared = materializeRunner(env).then(() => ensureSnapshot(env));
+      this.#prepared = materializeRunner(env).then(() => ensureBase(env));
       this.#prepared.catch(() => this.#prepared = undefined);
     }
     // Re-check the file's fingerprint each time (cheap; rehashes on change).
-    return this.#prepared.then(() => ensureSnapshot(this.#ctx.environment()));
+    return this.#prepared.then(() => ensureBase(this.#ctx.environment()));
   }
 
   #track<T>(start: Promise<T>): Promise<T> {
@@ -142,22 +160,37 @@ export class ChildPool {
     memoryLimitMb: number,
     options: SpawnOptions,
   ): Promise<SandboxChild> {
-    const snapshot = await this.prepare();
-    // Without state of its own, a child starts from the preloaded state.
+    const own = await this.prepare();
+    // Without state of its own, a child starts from the preloaded state (a
+    // diff from this host's base, like the session bytes it makes).
     const preload = options.state ? undefined : await this.#ctx.preload?.();
     this.#checkOpen();
-    const child = await SandboxChild.spawn(this.#ctx.childSpec(memoryLimitMb), {
+    // The base the child restores from, diffs against when it saves, and
+    // keeps its read grant on: the state's (an imported one) or this
+    // host's.
+    const base = options.state?.base ?? own;
+    const extra = base.path === own.path ? [] : [base.path];
+    const spec = this.#ctx.childSpec(memoryLimitMb, extra);
+    const child = await SandboxChild.spawn(spec, {
       mode: "serve",
-      snapshotPath: snapshot,
-      state: options.state ?? preload?.state,
+      snapshotPath: base.path,
+      baseSha256: base.sha256,
+      state: options.state?.payload ?? preload?.state,
       oneShot: options.oneShot,
       revokeRead: this.#ctx.revokeRead(),
       warm: options.warm ?? false,
+      // A diff never inflates to more than its image (at most the memory
+      // limit), its header and the working-folder files: a zip bomb stops
+      // there, well under the child's RSS cap.
+      maxStateBytes: (memoryLimitMb + STATE_SLACK_MB) * 1024 * 1024,
+      maxImageBytes: memoryLimitMb * 1024 * 1024,
     });
     // A child that dies before it is ready may have met a corrupted
-    // snapshot: hash it again before the next start.
+    // snapshot: hash it again before the next start. Not when it refused
+    // its state (the caller's bytes; no rehash for them to trigger).
     child.ready.catch(() => {
-      distrustSnapshot(snapshot);
+      if (child.stateRejected) return;
+      distrustSnapshot(base.path);
       if (preload) distrustPreload(preload.path);
     });
     this.#live.add(child);
@@ -193,7 +226,7 @@ export class ChildPool {
    * {@linkcode refillAfter}.
    *
    * @param memoryLimitMb The call's memory limit.
-   * @param state Packed session state to restore.
+   * @param state Session state to restore.
    * @returns The child, possibly still loading, where it came from, and
    *   whether the call should refill the pool.
    * @throws {Error} When the sandbox is closed or Pyodide cannot be
@@ -201,7 +234,7 @@ export class ChildPool {
    */
   async acquire(
     memoryLimitMb: number,
-    state?: Uint8Array,
+    state?: RestoredState,
   ): Promise<{ child: SandboxChild; pooled: boolean; refill: boolean }> {
     const refill = !state && memoryLimitMb === this.#ctx.memoryLimitMb &&
       this.#ctx.size > 0;

@@ -108,7 +108,10 @@ export type WireJson =
 export interface InitRequest {
   /** `"snapshot"` builds the base snapshot; `"serve"` runs code. */
   mode: "serve" | "snapshot";
-  /** The base snapshot to start from (serve mode without state). */
+  /**
+   * The base snapshot: started from without state, rebuilt from with a
+   * diff state, diffed against on save (its read grant is kept).
+   */
   snapshotPath?: string;
   /** End the process after one exec. */
   oneShot: boolean;
@@ -116,7 +119,18 @@ export interface InitRequest {
   revokeRead?: string[];
   /** Run the runner's own call path once before reporting ready. */
   warm?: boolean;
+  /** The most bytes the session state may inflate to. */
+  maxStateBytes?: number;
+  /** The largest memory image a restored state may have (memory limit). */
+  maxImageBytes?: number;
 }
+
+/**
+ * The exit code of a child that could not restore the session state it was
+ * given (damaged, inconsistent, too large): the session's fault, not a
+ * crash. Used before any user code runs.
+ */
+export const STATE_REJECTED_EXIT = 65;
 
 /** Header of an exec frame (its attachment: the input files' bytes). */
 export interface ExecRequest {

@@ -43,6 +43,27 @@ function tlsOptions(host: string, tls: RedisTlsOptions): ConnectionOptions {
   } as ConnectionOptions;
 }
 
+const LOOP_TICK_MS = 100;
+let loopBlocked = 0;
+let loopMonitor: ReturnType<typeof setInterval> | undefined;
+
+/**
+ * Milliseconds this process's event loop was blocked (by CPU work of the
+ * host, not by Redis), summed; sampled every 100 ms once first asked.
+ */
+function loopBlockedMs(): number {
+  if (loopMonitor === undefined) {
+    let last = performance.now();
+    loopMonitor = setInterval(() => {
+      const now = performance.now();
+      loopBlocked += Math.max(0, now - last - LOOP_TICK_MS * 1.5);
+      last = now;
+    }, LOOP_TICK_MS);
+    Deno.unrefTimer(loopMonitor);
+  }
+  return loopBlocked;
+}
+
 /** One Redis client with bounded operations and their counters. */
 export class RedisConnection {
   #client: Redis;
@@ -178,14 +199,23 @@ export class RedisConnection {
       await this.#ready(Math.min(timeoutMs, this.#settings.connectTimeoutMs));
       if (this.#closed) throw this.unavailable("it is closed");
       const left = Math.max(1, timeoutMs - (Date.now() - started));
+      // Time the host's own event loop was blocked does not count against
+      // Redis (up to the bound again): a reply may be waiting unread.
+      const blocked = loopBlockedMs();
+      let extended = 0;
       const timeout = new Promise<never>((_, reject) => {
-        timer = setTimeout(
-          () =>
-            reject(
-              this.unavailable(`${what} timed out after ${timeoutMs} ms`),
-            ),
-          left,
-        );
+        const arm = (ms: number) => {
+          timer = setTimeout(() => {
+            const owed = Math.min(timeoutMs, loopBlockedMs() - blocked) -
+              extended;
+            if (owed >= 1) {
+              extended += owed;
+              return arm(owed);
+            }
+            reject(this.unavailable(`${what} timed out after ${timeoutMs} ms`));
+          }, ms);
+        };
+        arm(left);
       });
       return await Promise.race([fn(this.#client), timeout]);
     } catch (error) {

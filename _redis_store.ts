@@ -42,6 +42,9 @@ const BULK_BYTES_PER_SECOND = 2 * 2 ** 20;
 /** A session store shared by server replicas, kept in Redis. */
 export class RedisSessionStore {
   #conn: RedisConnection;
+  /** Blobs (tens of MB) go over their own connection: not ahead of leases. */
+  #blobConn: RedisConnection | undefined;
+  #target: RedisTarget;
   #settings: RedisSessionStoreSettings;
   #secret: Uint8Array | undefined;
   #waits = { leaseWaits: 0, leaseWaitTimeouts: 0, leaseWaitMs: 0 };
@@ -61,7 +64,15 @@ export class RedisSessionStore {
   ) {
     this.#settings = settings;
     this.#secret = secret;
+    this.#target = target;
     this.#conn = new RedisConnection(target, settings);
+  }
+
+  #blobs(): RedisConnection {
+    return this.#blobConn ??= new RedisConnection(
+      this.#target,
+      this.#settings,
+    );
   }
 
   /** The Redis URL, without its password. */
@@ -81,8 +92,8 @@ export class RedisSessionStore {
    */
   stats(): StoreStats {
     return {
-      operations: this.#conn.operations,
-      errors: this.#conn.errors,
+      operations: this.#conn.operations + (this.#blobConn?.operations ?? 0),
+      errors: this.#conn.errors + (this.#blobConn?.errors ?? 0),
       ...this.#waits,
       fenceRefusals: this.#fenceRefusals,
       reachable: this.#conn.reachable,
@@ -489,7 +500,9 @@ export class RedisSessionStore {
     }
     const key = this.#key("b", sha256);
     const data = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
-    const reply = await this.#conn.run(
+    const blobs = this.#blobs();
+    if (await blobs.run("putBlob", (c) => c.exists(key)) === 1) return false;
+    const reply = await blobs.run(
       "putBlob",
       (c) => c.set(key, data, "NX"),
       this.#settings.blobTimeoutMs,
@@ -508,7 +521,7 @@ export class RedisSessionStore {
   async getBlob(sha256: string): Promise<Uint8Array | null> {
     checkSha256(sha256);
     const key = this.#key("b", sha256);
-    const data = await this.#conn.run(
+    const data = await this.#blobs().run(
       "getBlob",
       (c) => c.getBuffer(key),
       this.#settings.blobTimeoutMs,
@@ -528,8 +541,8 @@ export class RedisSessionStore {
    *
    * @returns Settles once the connection is closed.
    */
-  close(): Promise<void> {
-    return this.#conn.close();
+  async close(): Promise<void> {
+    await Promise.all([this.#conn.close(), this.#blobConn?.close()]);
   }
 
   /**

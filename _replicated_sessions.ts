@@ -9,23 +9,31 @@
  * one replica run at live speed; `maxSessions` bounds that cache, and an
  * idle cached child may be evicted at any time since its state is in Redis.
  *
+ * Checkpoint mode (`checkpointSeconds` > 0): a step does not write; the
+ * replica keeps the lease while the session has unwritten steps (dirty)
+ * and writes it back `checkpointSeconds` after it became dirty, on idle
+ * expiry and on `close()` (drain), then releases the lease. Other replicas
+ * wait for it meanwhile. A crash loses the steps since the last checkpoint
+ * (at most `checkpointSeconds` of acknowledged steps); the store keeps the
+ * last checkpoint intact.
+ *
  * @module
  */
 
-import type {
-  ExecuteOptions,
-  PyodideSandbox,
-  PyodideSession,
-  SessionOptions,
-} from "./sandbox.ts";
-import { SessionError } from "./sandbox.ts";
+import type { PyodideSandbox } from "./sandbox.ts";
+import type { PyodideSession } from "./session.ts";
+import type { ExecuteOptions, SessionOptions } from "./options.ts";
+import { SessionError } from "./_session_bytes.ts";
 import type { CodeExecutionResult, SessionMetadata } from "./result.ts";
 import type { RedisSessionStore } from "./_redis_store.ts";
 import { type HeldLease, holdLease } from "./_redis_lease.ts";
 import { SessionFenceError } from "./_redis_errors.ts";
+import { RedisBases } from "./_redis_bases.ts";
 import {
+  idleKeys,
   type SessionInfo,
   SessionLimitError,
+  startSweep,
   UnknownSessionError,
 } from "./_session_store.ts";
 
@@ -53,6 +61,10 @@ interface Cached {
   version: number;
   lastUsed: number;
   busy: number;
+  /** Checkpoint mode: the lease kept while there are unwritten steps. */
+  lease?: HeldLease;
+  /** Checkpoint mode: the timer of the next write-back. */
+  timer?: ReturnType<typeof setTimeout>;
 }
 
 /** Limits of the replica's cache of live children. */
@@ -61,6 +73,11 @@ export interface ReplicatedOptions {
   maxSessions: number;
   /** Cached children unused this long are closed. */
   idleSeconds: number;
+  /**
+   * 0: write every step back before answering (durable). N > 0: write at
+   * most every N seconds, on idle expiry and on close (checkpoint mode).
+   */
+  checkpointSeconds?: number;
 }
 
 /** A session-kind error result (tampered or unreadable stored bytes). */
@@ -87,7 +104,11 @@ export class ReplicatedSessions {
   readonly #options: ReplicatedOptions;
   readonly #cache = new Map<string, Cached>();
   readonly #leases = new Set<HeldLease>();
+  readonly #locks = new Map<string, Promise<unknown>>();
+  readonly #bases: RedisBases;
+  readonly #checkpointMs: number;
   #reserved = 0;
+  #pruning = false;
   #timer: ReturnType<typeof setInterval>;
   #closed = false;
 
@@ -104,12 +125,9 @@ export class ReplicatedSessions {
     this.#sandbox = sandbox;
     this.store = store;
     this.#options = options;
-    const every = Math.max(
-      50,
-      Math.min(30_000, (options.idleSeconds * 1000) / 4),
-    );
-    this.#timer = setInterval(() => this.#sweep(), every);
-    Deno.unrefTimer(this.#timer);
+    this.#checkpointMs = (options.checkpointSeconds ?? 0) * 1000;
+    this.#bases = new RedisBases(store, sandbox);
+    this.#timer = startSweep(options.idleSeconds, () => this.#sweep());
   }
 
   /** Live children cached on this replica. */
@@ -127,7 +145,7 @@ export class ReplicatedSessions {
     if (this.#cache.size + this.#reserved >= this.#options.maxSessions) {
       let oldest: [string, Cached] | undefined;
       for (const entry of this.#cache) {
-        if (entry[1].busy > 0) continue;
+        if (entry[1].busy > 0 || entry[1].lease) continue;
         if (!oldest || entry[1].lastUsed < oldest[1].lastUsed) oldest = entry;
       }
       if (!oldest) throw new SessionLimitError(this.#options.maxSessions);
@@ -136,11 +154,27 @@ export class ReplicatedSessions {
     this.#reserved++;
   }
 
+  /** Forgets the cached child (and any unwritten steps of it). */
   #drop(id: string): void {
     const cached = this.#cache.get(id);
     if (!cached) return;
     this.#cache.delete(id);
+    clearTimeout(cached.timer);
+    if (cached.lease) this.#release(cached.lease).catch(() => {});
     cached.session.close().catch(() => {});
+  }
+
+  /** Runs `fn` after every earlier locked call for `id` (steps, checkpoints). */
+  async #locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    const before = this.#locks.get(id) ?? Promise.resolve();
+    const run = before.then(fn, fn);
+    const tail = run.catch(() => {});
+    this.#locks.set(id, tail);
+    try {
+      return await run;
+    } finally {
+      if (this.#locks.get(id) === tail) this.#locks.delete(id);
+    }
   }
 
   async #lease(id: string, deadline: number): Promise<HeldLease> {
@@ -163,6 +197,7 @@ export class ReplicatedSessions {
     expectedVersion: number,
   ): Promise<number> {
     const saved = await session.save();
+    await this.#bases.publish(saved.sessionBytes);
     if (lease.lost) throw new SessionFenceError(id, "lease", null);
     return await this.store.write(id, saved.sessionBytes, {
       expectedVersion,
@@ -186,6 +221,9 @@ export class ReplicatedSessions {
     this.#reserve();
     let session: PyodideSession | undefined;
     try {
+      if (options.sessionBytes instanceof Uint8Array) {
+        await this.#bases.prepare(options.sessionBytes);
+      }
       session = await this.#sandbox.openSession(options);
       const id = crypto.randomUUID();
       const lease = await this.#lease(id, Date.now() + LEASE_MARGIN_MS);
@@ -230,6 +268,7 @@ export class ReplicatedSessions {
     if (!record) throw new UnknownSessionError(id);
     this.#reserve();
     try {
+      await this.#bases.prepare(record.sessionBytes);
       const session = await this.#sandbox.openSession({
         sessionBytes: record.sessionBytes,
         sessionMetadata: record.sessionMetadata,
@@ -254,7 +293,8 @@ export class ReplicatedSessions {
 
   /**
    * Runs one step: lease, restore if needed, run, fenced write, release.
-   * The answer comes only after the new bytes are written.
+   * In durable mode the answer comes only after the new bytes are written;
+   * in checkpoint mode the lease is kept and the write comes later.
    *
    * @param id The session's id.
    * @param code Python source.
@@ -265,17 +305,40 @@ export class ReplicatedSessions {
    * @throws {SessionFenceError} When the write was refused (the step did not count).
    * @throws {SessionStoreUnavailableError} When Redis fails.
    */
-  async execute(
+  execute(
     id: string,
     code: string,
     options: ExecuteOptions,
   ): Promise<CodeExecutionResult> {
-    const timeoutMs = (options.timeoutSeconds ?? 60) * 1000;
-    const lease = await this.#lease(
+    if (this.#closed) {
+      return Promise.reject(new Error("The server is shutting down"));
+    }
+    return this.#locked(id, () => this.#step(id, code, options));
+  }
+
+  /** The lease kept from an earlier dirty step, or a new one. */
+  async #stepLease(id: string, timeoutMs: number): Promise<HeldLease> {
+    const kept = this.#cache.get(id)?.lease;
+    if (kept && !kept.lost) return kept;
+    // A lost kept lease: its unwritten steps are gone (checkpoint mode).
+    if (kept) this.#drop(id);
+    return await this.#lease(
       id,
-      Date.now() + timeoutMs + LEASE_MARGIN_MS,
+      Date.now() + timeoutMs + this.#checkpointMs + LEASE_MARGIN_MS,
+    );
+  }
+
+  async #step(
+    id: string,
+    code: string,
+    options: ExecuteOptions,
+  ): Promise<CodeExecutionResult> {
+    const lease = await this.#stepLease(
+      id,
+      (options.timeoutSeconds ?? 60) * 1000,
     );
     let entry: Cached | undefined;
+    let keep = false;
     try {
       const version = await this.store.version(id);
       if (version === null) {
@@ -288,11 +351,22 @@ export class ReplicatedSessions {
       entry.busy++;
       const result = await entry.session.execute(code, options);
       if (!entry.session.alive) {
-        // Timed out or crashed: the store keeps the last good state.
+        // Timed out or crashed: the store keeps the last written state.
         this.#drop(id);
         return result;
       }
-      entry.version = await this.#writeBack(id, entry.session, lease, version);
+      if (this.#checkpointMs > 0) {
+        keep = true;
+        this.#dirty(id, entry, lease);
+        await this.store.touch(id);
+      } else {
+        entry.version = await this.#writeBack(
+          id,
+          entry.session,
+          lease,
+          version,
+        );
+      }
       return result;
     } catch (error) {
       if (!(error instanceof UnknownSessionError)) this.#drop(id);
@@ -302,8 +376,44 @@ export class ReplicatedSessions {
         entry.busy--;
         entry.lastUsed = Date.now();
       }
-      await this.#release(lease);
+      if (!keep && this.#cache.get(id)?.lease !== lease) {
+        await this.#release(lease);
+      }
     }
+  }
+
+  /** Checkpoint mode: keeps the lease and arms the write-back timer. */
+  #dirty(id: string, entry: Cached, lease: HeldLease): void {
+    entry.lease = lease;
+    if (entry.timer !== undefined) return;
+    const timer = setTimeout(() => {
+      entry.timer = undefined;
+      this.#locked(id, () => this.#checkpoint(id, entry)).catch(() => {});
+    }, this.#checkpointMs);
+    Deno.unrefTimer(timer);
+    entry.timer = timer;
+  }
+
+  /** Writes a dirty child back and gives its lease up; drops it on failure. */
+  async #checkpoint(id: string, entry: Cached): Promise<void> {
+    clearTimeout(entry.timer);
+    entry.timer = undefined;
+    const lease = entry.lease;
+    if (!lease || this.#cache.get(id) !== entry) return;
+    try {
+      entry.version = await this.#writeBack(
+        id,
+        entry.session,
+        lease,
+        entry.version,
+      );
+    } catch {
+      // Fenced (deleted, lease lost) or Redis away: the unwritten steps are lost.
+      this.#drop(id);
+      return;
+    }
+    entry.lease = undefined;
+    await this.#release(lease);
   }
 
   /**
@@ -362,22 +472,57 @@ export class ReplicatedSessions {
     });
   }
 
+  /** Closes idle cached children, writing dirty ones back first. */
   #sweep(): void {
-    const limit = Date.now() - this.#options.idleSeconds * 1000;
-    for (const [id, entry] of [...this.#cache]) {
-      if (entry.busy === 0 && entry.lastUsed < limit) this.#drop(id);
+    this.#pruneDeleted().catch(() => {});
+    for (const id of idleKeys(this.#cache, this.#options.idleSeconds)) {
+      const entry = this.#cache.get(id)!;
+      if (!entry.lease) {
+        this.#drop(id);
+        continue;
+      }
+      this.#locked(id, async () => {
+        await this.#checkpoint(id, entry);
+        const idle = entry.busy === 0 && !entry.lease;
+        if (idle && this.#cache.get(id) === entry) this.#drop(id);
+      }).catch(() => {});
     }
   }
 
   /**
-   * Closes every cached child (their state is already in the store) and
-   * gives back any lease still held. The store itself is left open.
+   * Closes cached children whose session was deleted (or expired) through
+   * another replica: one `HGET` per idle cached child and sweep.
+   */
+  async #pruneDeleted(): Promise<void> {
+    if (this.#pruning) return;
+    this.#pruning = true;
+    try {
+      for (const [id, entry] of [...this.#cache]) {
+        if (entry.busy > 0 || entry.lease) continue;
+        const gone = (await this.store.version(id)) === null;
+        const idle = entry.busy === 0 && !entry.lease;
+        if (gone && idle && this.#cache.get(id) === entry) this.#drop(id);
+      }
+    } finally {
+      this.#pruning = false;
+    }
+  }
+
+  /**
+   * Writes back every session with unwritten steps (checkpoint mode),
+   * closes every cached child and gives back any lease still held. The
+   * store itself is left open.
    *
    * @returns Settles when all children are closed.
    */
   async close(): Promise<void> {
     this.#closed = true;
     clearInterval(this.#timer);
+    await Promise.all(
+      [...this.#cache].filter(([, e]) => e.lease).map(([id, e]) =>
+        this.#locked(id, () => this.#checkpoint(id, e)).catch(() => {})
+      ),
+    );
     await Promise.all([...this.#leases].map((l) => this.#release(l)));
     const entries = [...this.#cache.values()];
     this.#cache.clear();

@@ -23,6 +23,8 @@ import CHANNEL_SOURCE from "./_runner_channel.ts" with { type: "text" };
 import FILES_SOURCE from "./_runner_files.ts" with { type: "text" };
 import LOCKDOWN_SOURCE from "./_runner_lockdown.ts" with { type: "text" };
 import HTTP_SOURCE from "./_runner_http.ts" with { type: "text" };
+import STATE_SOURCE from "./_runner_state.ts" with { type: "text" };
+import DIFF_SOURCE from "./_state_diff.ts" with { type: "text" };
 
 /**
  * The files the child runs, by name, with their sources: `runner.ts` and
@@ -38,6 +40,8 @@ const RUNNER_FILES: readonly (readonly [string, string])[] = [
   ["_runner_files.ts", FILES_SOURCE],
   ["_runner_lockdown.ts", LOCKDOWN_SOURCE],
   ["_runner_http.ts", HTTP_SOURCE],
+  ["_runner_state.ts", STATE_SOURCE],
+  ["_state_diff.ts", DIFF_SOURCE],
 ];
 
 /**

@@ -29,6 +29,8 @@ import {
   PRELOAD_FLAG_OPTIONS,
 } from "./_cli_flags.ts";
 import { versionText } from "./_version.ts";
+import { redisSessionStore } from "./redis_store.ts";
+import type { RedisSessionStore } from "./_redis_store.ts";
 
 /** Exit code: stopped normally. */
 export const EXIT_OK = 0;
@@ -56,6 +58,82 @@ export const SERVE_FLAG_OPTIONS = {
   ...PACKAGE_FLAG_OPTIONS,
   ...PRELOAD_FLAG_OPTIONS,
 } as const satisfies ParseArgsOptionsConfig;
+
+/** The flags of the shared session store, as `parseArgs` options. */
+export const STORE_FLAG_OPTIONS = {
+  "session-store": { type: "string" },
+  "insecure-store": { type: "boolean" },
+  "session-checkpoint-seconds": { type: "string" },
+} as const satisfies ParseArgsOptionsConfig;
+
+/** The `--help` lines of {@linkcode STORE_FLAG_OPTIONS}. */
+export const STORE_FLAGS_HELP =
+  `  --session-store URL        Share sessions between replicas through Redis:
+                             redis://[:PASSWORD@]HOST:PORT[/DB] or rediss://
+                             (every replica needs the same --session-secret)
+  --insecure-store           Allow --session-store without --session-secret
+  --session-checkpoint-seconds N
+                             With --session-store: write a session back at
+                             most every N seconds and on drain instead of
+                             after every step (a crash loses up to N s)
+`;
+
+/** The store the flags ask for. */
+export interface StoreSettings {
+  /** The store, or undefined without `--session-store`. */
+  store: RedisSessionStore | undefined;
+  /** `--session-checkpoint-seconds` (0: durable, every step written). */
+  checkpointSeconds: number;
+}
+
+/**
+ * Builds the store `--session-store` asks for: refuses it without a
+ * session secret unless `--insecure-store`, and the store-only flags
+ * without it. Error messages never show the URL's password.
+ *
+ * @param values The flag values.
+ * @param sessionSecret The sandbox's `--session-secret`.
+ * @param idleSeconds `--session-idle-seconds`, for the store's TTL.
+ * @returns The store and the checkpoint interval.
+ * @throws {TypeError} When the flags do not fit together or the URL is invalid.
+ * @throws {RangeError} When `--session-checkpoint-seconds` is out of range.
+ */
+export function storeFromFlags(
+  values: Record<string, unknown>,
+  sessionSecret: string | Uint8Array | undefined,
+  idleSeconds: number | undefined,
+): StoreSettings {
+  const url = values["session-store"] as string | undefined;
+  const insecure = values["insecure-store"] === true;
+  const checkpoint = values["session-checkpoint-seconds"] as string | undefined;
+  const checkpointSeconds = parseNumberFlag(
+    "--session-checkpoint-seconds",
+    checkpoint,
+    { min: 0, max: 86_400 },
+  ) ?? 0;
+  if (url === undefined) {
+    if (insecure || checkpoint !== undefined) {
+      throw new TypeError(
+        `Invalid ${
+          insecure ? "--insecure-store" : "--session-checkpoint-seconds"
+        }: it only applies with --session-store`,
+      );
+    }
+    return { store: undefined, checkpointSeconds };
+  }
+  if (sessionSecret === undefined && !insecure) {
+    throw new TypeError(
+      "Refusing --session-store without --session-secret: every replica must share the HMAC key (--session-secret or env SANDBOX_SESSION_SECRET) so stored bytes are authenticated; pass --insecure-store to accept unauthenticated bytes",
+    );
+  }
+  const store = redisSessionStore(url, {
+    sessionSecret,
+    ...(idleSeconds === undefined
+      ? {}
+      : { idleSeconds: Math.max(1, Math.ceil(idleSeconds)) }),
+  });
+  return { store, checkpointSeconds };
+}
 
 /** Where and how to listen. */
 export interface ListenOptions {

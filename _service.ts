@@ -71,6 +71,14 @@ export interface ServiceOptions {
    * @default {undefined}
    */
   sessionStore?: { readonly url: string };
+  /**
+   * With a `sessionStore`: 0 writes each step back before answering
+   * (durable); N > 0 writes a session back at most every N seconds and on
+   * close instead, so a crash loses at most N seconds of acknowledged
+   * steps (checkpoint mode).
+   * @default {0}
+   */
+  sessionCheckpointSeconds?: number;
 }
 
 /** Thrown when running plus queued executions are at their limit. */
@@ -295,6 +303,12 @@ function tokenOption(token: unknown): string | undefined {
   return token;
 }
 
+/** Checks the sessionCheckpointSeconds option (0, the default, is durable). */
+function checkpointOption(value: unknown): number {
+  if (value === undefined || value === 0) return 0;
+  return positiveOption("sessionCheckpointSeconds", value, 0);
+}
+
 /** Checks the sessionStore option by shape (the class is loaded lazily). */
 function storeOption(store: unknown): RedisSessionStore {
   const s = store as Record<string, unknown> | null;
@@ -379,11 +393,13 @@ export class SandboxService {
       maxSessions,
       idleSeconds,
     });
+    const checkpointSeconds = checkpointOption(o.sessionCheckpointSeconds);
     this.replicated = o.sessionStore === undefined
       ? undefined
       : new ReplicatedSessions(this.sandbox, storeOption(o.sessionStore), {
         maxSessions,
         idleSeconds,
+        checkpointSeconds,
       });
   }
 
@@ -510,6 +526,16 @@ export class SandboxService {
       }
       throw error;
     }
+  }
+
+  /**
+   * Deletes a stored session (group-wide with a `sessionStore`).
+   *
+   * @param id The session's id.
+   * @returns False when there was no such session.
+   */
+  async deleteSession(id: string): Promise<boolean> {
+    return await (this.replicated ?? this.sessions).delete(id);
   }
 
   /**

@@ -5,13 +5,13 @@
  * @module
  */
 
+import type { PyodideSandbox } from "./sandbox.ts";
+import type { PyodideSession } from "./session.ts";
 import type {
   ExecuteOptions,
-  PyodideSandbox,
-  PyodideSession,
   SavedSession,
   SessionOptions,
-} from "./sandbox.ts";
+} from "./options.ts";
 import type { CodeExecutionResult } from "./result.ts";
 
 /** Thrown when the session limit is reached. */
@@ -80,12 +80,7 @@ export class SessionStore {
   constructor(sandbox: PyodideSandbox, options: SessionStoreOptions) {
     this.#sandbox = sandbox;
     this.#options = options;
-    const every = Math.max(
-      50,
-      Math.min(30_000, (options.idleSeconds * 1000) / 4),
-    );
-    this.#timer = setInterval(() => this.#sweep(), every);
-    Deno.unrefTimer(this.#timer);
+    this.#timer = startSweep(options.idleSeconds, () => this.#sweep());
   }
 
   /** Number of live sessions. */
@@ -223,12 +218,10 @@ export class SessionStore {
   }
 
   #sweep(): void {
-    const limit = Date.now() - this.#options.idleSeconds * 1000;
-    for (const entry of [...this.#entries.values()]) {
-      if (entry.busy === 0 && entry.lastUsed < limit) {
-        this.#entries.delete(entry.id);
-        entry.session.close().catch(() => {});
-      }
+    for (const id of idleKeys(this.#entries, this.#options.idleSeconds)) {
+      const entry = this.#entries.get(id)!;
+      this.#entries.delete(id);
+      entry.session.close().catch(() => {});
     }
   }
 
@@ -257,4 +250,40 @@ export class UnknownSessionError extends Error {
     );
     this.name = "UnknownSessionError";
   }
+}
+
+/**
+ * Calls `sweep` every quarter of `idleSeconds` (50 ms to 30 s), without
+ * keeping the process alive: the idle-expiry timer every session table
+ * shares.
+ *
+ * @param idleSeconds How long an entry may stay unused.
+ * @param sweep What to run.
+ * @returns The interval's id (for `clearInterval`).
+ */
+export function startSweep(
+  idleSeconds: number,
+  sweep: () => void,
+): ReturnType<typeof setInterval> {
+  const every = Math.max(50, Math.min(30_000, (idleSeconds * 1000) / 4));
+  const timer = setInterval(sweep, every);
+  Deno.unrefTimer(timer);
+  return timer;
+}
+
+/**
+ * The keys of the entries that are not busy and were last used more than
+ * `idleSeconds` ago.
+ *
+ * @param entries Entries with a busy count and a last-use time.
+ * @param idleSeconds The idle limit.
+ * @returns Their keys (a copy: the map may be changed while iterating).
+ */
+export function idleKeys<K>(
+  entries: ReadonlyMap<K, { busy: number; lastUsed: number }>,
+  idleSeconds: number,
+): K[] {
+  const limit = Date.now() - idleSeconds * 1000;
+  return [...entries].filter(([, e]) => e.busy === 0 && e.lastUsed < limit)
+    .map(([key]) => key);
 }

@@ -8,7 +8,7 @@
 
 import { join } from "node:path";
 import { PYODIDE_VERSION } from "./runner.ts";
-import { fnv } from "./_bytes.ts";
+import { fnv, toHex } from "./_bytes.ts";
 import { writeFileAtomicSync } from "./_fs.ts";
 import { materializeRunnerFiles, runnerFile } from "./_runner_copy.ts";
 /** Pyodide files the child must be able to read to load. */
@@ -195,16 +195,6 @@ export async function sha256Hex(data: Uint8Array | string): Promise<string> {
 }
 
 /**
- * Formats bytes as lowercase hex.
- *
- * @param bytes Input.
- * @returns Hex text.
- */
-export function toHex(bytes: Uint8Array): string {
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-/**
  * Refuses a cache folder that another user could change: the runner, the
  * snapshot and the Deno folder links in it decide what every child runs.
  * Owned by the current user (or root) and not writable by group or others.
@@ -283,6 +273,18 @@ function runDeno(denoPath: string, args: string[]): string {
 }
 
 /**
+ * `deno info` on the Pyodide package: prints where Deno's npm cache holds
+ * it, downloading it first when it is not there.
+ */
+export const PYODIDE_INFO_ARGS: readonly string[] = [
+  "info",
+  "--json",
+  "--no-config",
+  "--node-modules-dir=none",
+  `npm:pyodide@${PYODIDE_VERSION}`,
+];
+
+/**
  * What decides which Deno cache a `deno` started by this process uses: the
  * variables Deno reads to place `DENO_DIR`. Hosts that differ in it may use
  * different npm caches, so records and child folders are kept apart.
@@ -320,13 +322,7 @@ function locatePyodide(
   } catch {
     // Look it up again.
   }
-  const info = JSON.parse(runDeno(denoPath, [
-    "info",
-    "--json",
-    "--no-config",
-    "--node-modules-dir=none",
-    `npm:pyodide@${PYODIDE_VERSION}`,
-  ]));
+  const info = JSON.parse(runDeno(denoPath, [...PYODIDE_INFO_ARGS]));
   const pkg = info.npmPackages?.[`pyodide@${PYODIDE_VERSION}`];
   if (!pkg?.localPath) {
     throw new Error(

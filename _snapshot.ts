@@ -40,6 +40,8 @@ interface SnapshotRecord {
   runnerHash: string;
   /** Preloaded snapshots: `name==version sha256` of each wheel. */
   packages?: string[];
+  /** Preloaded snapshots: the sha256 of the base they are a diff from. */
+  base?: string;
   size: number;
   sha256: string;
   createdAt: string;
@@ -53,6 +55,8 @@ interface Verified {
 }
 
 const verified = new Map<string, Verified>();
+/** The sha256 of each base snapshot verified by this process, by path. */
+const hashes = new Map<string, string>();
 const building = new Map<string, Promise<void>>();
 
 /** How long building the snapshot may take. */
@@ -74,8 +78,11 @@ function same(a: Verified, b: Verified): boolean {
  * Hashes a file in 1 MiB pieces with node:crypto: about three times faster
  * than reading the whole snapshot and hashing it with crypto.subtle, which
  * matters because every new host process verifies the snapshot once.
+ *
+ * @param path The file.
+ * @returns Its sha256, hex.
  */
-async function sha256File(path: string): Promise<string> {
+export async function sha256File(path: string): Promise<string> {
   // Imported here: loading node:crypto costs a host ~8 ms, paid only by a
   // process that verifies a snapshot.
   const { createHash } = await import("node:crypto");
@@ -100,6 +107,7 @@ async function verify(path: string): Promise<boolean> {
     if (stat.size !== record.size) return false;
     if ((await sha256File(path)) !== record.sha256) return false;
     verified.set(path, fingerprint(stat));
+    hashes.set(path, record.sha256);
     return true;
   } catch {
     return false;
@@ -145,6 +153,7 @@ async function build(env: Environment, path: string): Promise<void> {
   );
   const stat = await Deno.stat(path);
   verified.set(path, fingerprint(stat));
+  hashes.set(path, record.sha256);
   await pruneOldSnapshots(env.cacheDir, path);
 }
 
@@ -187,6 +196,7 @@ async function pruneOldSnapshots(
  */
 export function distrustSnapshot(path: string): void {
   verified.delete(path);
+  hashes.delete(path);
 }
 
 /**
@@ -318,14 +328,21 @@ async function buildPreload(
   listed: string[],
 ): Promise<Uint8Array> {
   const started = performance.now();
-  const base = await ensureSnapshot(env);
+  const { path: base, sha256: baseSha256 } = await ensureBase(env);
   const reads = [...pyodideReadPaths(env), base];
+  // The state is saved as a diff from the base, which the child reads
+  // again to make it: that grant is kept.
   const child = await SandboxChild.spawn({
     denoPath: env.denoPath,
     args: childArgs(env, 2048, [buildPermissionFlag("read", reads)!]),
     env: childEnv(env, {}),
     rssLimitBytes: 0,
-  }, { mode: "serve", snapshotPath: base, oneShot: true, revokeRead: reads });
+  }, {
+    mode: "serve",
+    snapshotPath: base,
+    oneShot: true,
+    revokeRead: pyodideReadPaths(env),
+  });
   let outcome;
   try {
     const request: ExecRequest = {
@@ -375,6 +392,7 @@ async function buildPreload(
     pyodideVersion: PYODIDE_VERSION,
     runnerHash: env.runnerHash,
     packages: listed,
+    base: baseSha256,
     size: bin.length,
     sha256: await sha256Bytes(bin),
     createdAt: new Date().toISOString(),
@@ -390,13 +408,20 @@ async function buildPreload(
   return bin;
 }
 
-/** Reads a preloaded state whose record matches its size and sha256. */
-async function readVerified(path: string): Promise<Uint8Array | undefined> {
+/**
+ * Reads a preloaded state whose record matches its size and sha256 and was
+ * made against this base (a rebuilt base makes it useless).
+ */
+async function readVerified(
+  path: string,
+  base: string,
+): Promise<Uint8Array | undefined> {
   try {
     const record = JSON.parse(
       await Deno.readTextFile(`${path}.json`),
     ) as SnapshotRecord;
     if (record.pyodideVersion !== PYODIDE_VERSION) return undefined;
+    if (record.base !== base) return undefined;
     const bin = await Deno.readFile(path);
     if (bin.length !== record.size) return undefined;
     if ((await sha256Bytes(bin)) !== record.sha256) return undefined;
@@ -434,10 +459,12 @@ export async function ensurePreload(
   let pending = preloaded.get(path);
   if (!pending) {
     pending = (async () =>
-      await readVerified(path) ??
+      await readVerified(path, (await ensureBase(env)).sha256) ??
         await buildPreload(env, path, packages, wheels, listed))();
     preloaded.set(path, pending);
-    pending.catch(() => preloaded.delete(path));
+    pending.catch(() =>
+      preloaded.delete(path)
+    );
   }
   return { state: await pending, path };
 }
@@ -452,4 +479,31 @@ export async function ensurePreload(
 export function distrustPreload(path: string): void {
   preloaded.delete(path);
   verified.delete(path);
+}
+
+/** The base snapshot a sandbox's session bytes are made against. */
+export interface BaseSnapshot {
+  /** Its path. */
+  path: string;
+  /** Its sha256, hex. */
+  sha256: string;
+}
+
+/**
+ * The verified base snapshot and its sha256 (see {@linkcode ensureSnapshot}).
+ *
+ * @param env The environment.
+ * @returns Path and sha256.
+ * @throws {Error} When the snapshot cannot be built.
+ */
+export async function ensureBase(env: Environment): Promise<BaseSnapshot> {
+  let path = await ensureSnapshot(env);
+  let sha256 = hashes.get(path);
+  if (!sha256) {
+    distrustSnapshot(path);
+    path = await ensureSnapshot(env);
+    sha256 = hashes.get(path);
+  }
+  if (!sha256) throw new Error("The base snapshot could not be verified");
+  return { path, sha256 };
 }

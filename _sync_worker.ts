@@ -15,12 +15,18 @@
 
 import { isMainThread, workerData } from "node:worker_threads";
 import type { MessagePort } from "node:worker_threads";
+import { PyodideSandbox } from "./sandbox.ts";
+import type { PyodideSession } from "./session.ts";
+import type { HostFunction } from "./options.ts";
 import {
-  type HostFunction,
-  PyodideSandbox,
-  type PyodideSession,
-} from "./sandbox.ts";
-import { fromShared, toShared } from "./_bytes.ts";
+  errorInfo,
+  type FromWorker,
+  shareBytes,
+  STREAM_CALLBACKS,
+  type SyncRequest,
+  type ToWorker,
+  unshareBytes,
+} from "./_sync_protocol.ts";
 
 /** The `workerData` field that makes a worker thread start serving. */
 export const SYNC_WORKER_MARKER = "pyodideSandboxSyncWorker";
@@ -32,9 +38,6 @@ interface Data {
   options: Record<string, unknown>;
   functionNames: string[];
 }
-
-// deno-lint-ignore no-explicit-any
-type Request = any;
 
 /** One worker thread's sandbox, sessions and pending host calls. */
 class SyncWorker {
@@ -55,7 +58,9 @@ class SyncWorker {
     this.#sandbox = new PyodideSandbox({
       ...sandboxOptions,
       ...(auditEvents
-        ? { onAudit: (data: unknown) => this.#post({ event: "audit", data }) }
+        ? {
+          onAudit: (data: unknown) => this.#post({ event: "audit", data }),
+        }
         : {}),
       skipDenoCheck: true,
       functions: Object.fromEntries(
@@ -64,7 +69,7 @@ class SyncWorker {
         ) => [name, this.#callerFunction(name) as HostFunction]),
       ),
     });
-    port.on("message", (request: Request) => this.#onMessage(request));
+    port.on("message", (message: ToWorker) => this.#onMessage(message));
     this.#post({ id: 0, ok: true, value: "ready" });
   }
 
@@ -78,7 +83,7 @@ class SyncWorker {
       });
   }
 
-  #post(message: unknown): void {
+  #post(message: FromWorker): void {
     this.#port.postMessage(message);
     Atomics.add(this.#counter, 0, 1);
     Atomics.notify(this.#counter, 0);
@@ -90,38 +95,35 @@ class SyncWorker {
     return session;
   }
 
-  async #handle(request: Request): Promise<unknown> {
-    const opts = { ...(request.options ?? {}) };
-    if (opts.sessionBytes) opts.sessionBytes = fromShared(opts.sessionBytes);
+  /** A request's options as the async API takes them. */
+  #options(request: SyncRequest): Record<string, unknown> {
+    const opts = "options" in request ? unshareBytes(request.options) : {};
     // Callbacks stay on the caller's thread: forward the events to it.
-    for (
-      const [flag, event] of [
-        ["onStdout", "stdout"],
-        ["onStderr", "stderr"],
-        ["onDisplay", "display"],
-      ]
-    ) {
+    for (const [flag, event] of STREAM_CALLBACKS) {
       if (opts[flag]) {
         opts[flag] = (data: unknown) =>
           this.#post({ event, request: request.id, data });
       }
     }
+    return opts;
+  }
+
+  async #handle(request: SyncRequest): Promise<unknown> {
+    const opts = this.#options(request);
     switch (request.op) {
       case "execute":
-        return sharedResult(
-          { ...await this.#sandbox.execute(request.code, opts) },
-        );
+        return shareBytes(await this.#sandbox.execute(request.code, opts));
       case "openSession": {
         const session = await this.#sandbox.openSession(opts);
         this.#sessions.set(session.id, session);
         return session.id;
       }
       case "sessionExecute":
-        return sharedResult({
-          ...await this.#session(request.session).execute(request.code, opts),
-        });
+        return shareBytes(
+          await this.#session(request.session).execute(request.code, opts),
+        );
       case "sessionSave":
-        return sharedResult({ ...await this.#session(request.session).save() });
+        return shareBytes(await this.#session(request.session).save());
       case "sessionClose": {
         const session = this.#sessions.get(request.session);
         this.#sessions.delete(request.session);
@@ -132,10 +134,12 @@ class SyncWorker {
         await this.#sandbox.close();
         return null;
     }
-    throw new TypeError(`Unknown request: ${request.op}`);
+    throw new TypeError(
+      `Unknown request: ${(request as { op: unknown }).op}`,
+    );
   }
 
-  async #onMessage(request: Request): Promise<void> {
+  async #onMessage(request: ToWorker): Promise<void> {
     if (request.op === "callReply") {
       const pending = this.#pendingCalls.get(request.callId);
       this.#pendingCalls.delete(request.callId);
@@ -153,21 +157,6 @@ class SyncWorker {
       this.#post({ id: request.id, ok: false, error: errorInfo(error) });
     }
   }
-}
-
-function errorInfo(error: unknown): Record<string, unknown> {
-  if (error instanceof Error) {
-    return { name: error.name, message: error.message };
-  }
-  return { name: "Error", message: String(error) };
-}
-
-function sharedResult(result: Record<string, unknown>): unknown {
-  const out = { ...result };
-  if (out.sessionBytes instanceof Uint8Array) {
-    out.sessionBytes = toShared(out.sessionBytes);
-  }
-  return out;
 }
 
 function startSyncWorker(data: Data): void {

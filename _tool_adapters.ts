@@ -7,7 +7,7 @@
  */
 
 import type { ContentPart } from "./format.ts";
-import type { PythonToolInputSchema, PythonToolResult } from "./tool.ts";
+import type { PythonToolInputSchema, PythonToolResult } from "./_tool_types.ts";
 
 /** An OpenAI Chat Completions `tools` entry. */
 export interface OpenAIFunctionTool {

@@ -5,7 +5,8 @@
  * @module
  */
 
-import { PYODIDE_VERSION, type PyodideSandbox } from "./sandbox.ts";
+import type { PyodideSandbox } from "./sandbox.ts";
+import { PYODIDE_VERSION } from "./runner.ts";
 import type { PermissionOptions } from "./permissions.ts";
 
 /** The settings the description is made of. */

@@ -12,9 +12,10 @@
  * @module
  */
 
-import { PyodideSandbox, SessionError } from "./sandbox.ts";
-import type { PyodideSession } from "./sandbox.ts";
-import type { SandboxOptions } from "./sandbox.ts";
+import { PyodideSandbox } from "./sandbox.ts";
+import type { PyodideSession } from "./session.ts";
+import type { SandboxOptions } from "./options.ts";
+import { SessionError } from "./_session_bytes.ts";
 import type { CodeExecutionResult, SessionMetadata } from "./result.ts";
 import {
   applyPackageFlags,
@@ -36,6 +37,7 @@ import {
 import { versionText } from "./_version.ts";
 import {
   defaultCacheDir,
+  PYODIDE_INFO_ARGS,
   resolveDenoPath,
   resolveEnvironment,
   snapshotPath,
@@ -173,13 +175,7 @@ function hasLocationRecord(cacheDir: string): boolean {
 /** Runs `deno info` on Pyodide; on a terminal, Deno shows its downloads. */
 async function fetchPyodide(denoPath: string, tty: boolean): Promise<void> {
   await new Deno.Command(denoPath, {
-    args: [
-      "info",
-      "--json",
-      "--no-config",
-      "--node-modules-dir=none",
-      `npm:pyodide@${PYODIDE_VERSION}`,
-    ],
+    args: [...PYODIDE_INFO_ARGS],
     stdin: "null",
     stdout: "null",
     stderr: tty ? "inherit" : "null",

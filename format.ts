@@ -157,6 +157,24 @@ function settingsOf(options: FormatResultOptions): Settings {
 }
 
 /**
+ * Checks format options the way {@linkcode formatResult} does, so a tool
+ * or server can refuse bad ones when it is created rather than at its
+ * first call.
+ *
+ * @param options The options to check.
+ * @throws {TypeError} When an option has the wrong type.
+ * @throws {RangeError} When a limit is out of range.
+ * @example
+ * ```ts
+ * import { checkFormatOptions } from "./format.ts";
+ * checkFormatOptions({ maxTextChars: 1000 });
+ * ```
+ */
+export function checkFormatOptions(options: FormatResultOptions): void {
+  settingsOf(options);
+}
+
+/**
  * Cuts text longer than `max` characters to its start and end around a
  * marker line, never splitting a surrogate pair.
  */
@@ -359,38 +377,36 @@ export function formatResult(
   if (typeof result !== "object" || result === null) {
     throw new TypeError("Invalid result: expected a CodeExecutionResult");
   }
-  const r = result as CodeExecutionResult & {
-    stdoutTruncated?: boolean;
-    stderrTruncated?: boolean;
-  };
   const parts: ContentPart[] = [];
-  if (typeof r.stdout === "string" && r.stdout) {
+  if (typeof result.stdout === "string" && result.stdout) {
     parts.push({
       type: "text",
-      text: `stdout:\n${clip(r.stdout, s.maxTextChars)}${
-        r.stdoutTruncated === true ? "\n[stdout truncated]" : ""
+      text: `stdout:\n${clip(result.stdout, s.maxTextChars)}${
+        result.stdoutTruncated === true ? "\n[stdout truncated]" : ""
       }`,
     });
   }
-  const stderrCut = r.stderrTruncated === true;
-  if (r.status === "error") {
-    parts.push(errorPart(r, stderrCut, s.maxTextChars));
-  } else if (typeof r.stderr === "string" && r.stderr) {
+  const stderrCut = result.stderrTruncated === true;
+  if (result.status === "error") {
+    parts.push(errorPart(result, stderrCut, s.maxTextChars));
+  } else if (typeof result.stderr === "string" && result.stderr) {
     parts.push({
       type: "text",
-      text: `stderr:\n${clip(r.stderr, s.maxTextChars)}${
+      text: `stderr:\n${clip(result.stderr, s.maxTextChars)}${
         stderrCut ? "\n[stderr truncated]" : ""
       }`,
     });
   }
-  if (Array.isArray(r.displays)) parts.push(...displayParts(r.displays, s));
-  if (s.files && Array.isArray(r.files) && r.files.length) {
-    const list = r.files.map((f) =>
+  if (Array.isArray(result.displays)) {
+    parts.push(...displayParts(result.displays, s));
+  }
+  if (s.files && Array.isArray(result.files) && result.files.length) {
+    const list = result.files.map((f) =>
       `${f.path} (${f.size} bytes${f.truncated ? ", truncated" : ""})`
     ).join("\n");
     parts.push({ type: "text", text: `files:\n${clip(list, s.maxTextChars)}` });
   }
-  const value = resultPart(r, s.maxTextChars);
+  const value = resultPart(result, s.maxTextChars);
   if (value) parts.push(value);
   if (parts.length === 0) parts.push({ type: "text", text: "(no output)" });
   return parts;

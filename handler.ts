@@ -20,7 +20,7 @@
  */
 
 import type { PyodideSandbox } from "./sandbox.ts";
-import { SessionError } from "./sandbox.ts";
+import { SessionError } from "./_session_bytes.ts";
 import type { SandboxOptions } from "./options.ts";
 import { UnknownSessionError } from "./_session_store.ts";
 import { WWW_AUTHENTICATE } from "./_auth.ts";
@@ -153,11 +153,20 @@ export interface HandlerOptions {
   /**
    * A shared session store from `redisSessionStore()` (server.ts): any
    * replica serves any session, each step is written back before it is
-   * answered, `maxSessions` bounds this replica's cached live children.
+   * answered (see `sessionCheckpointSeconds`), `maxSessions` bounds this
+   * replica's cached live children.
    * Not closed by `close()`. Without it sessions live in this process.
    * @default {undefined}
    */
   sessionStore?: SharedSessionStore;
+  /**
+   * With a `sessionStore`: `0` writes every step back before answering
+   * (durable); `N > 0` keeps the session's lease and writes it back at
+   * most every N seconds, on idle expiry and on `close()` instead, so a
+   * crash loses at most N seconds of acknowledged steps.
+   * @default {0}
+   */
+  sessionCheckpointSeconds?: number;
 }
 
 /**

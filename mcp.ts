@@ -17,6 +17,12 @@
  * SANDBOX_TOKEN=secret deno task mcp --http --hostname 0.0.0.0 --port 8001
  * ```
  *
+ * With `--session-store redis://HOST:PORT[/DB]` (and the same
+ * `--session-secret` on every replica, or `--insecure-store`),
+ * `create_session` sessions live in Redis and any replica serves them;
+ * `--session-checkpoint-seconds N` writes them back at most every N
+ * seconds and on shutdown instead of after every call.
+ *
  * @module
  */
 
@@ -28,9 +34,18 @@ import {
   type SandboxMcpOptions,
 } from "./_mcp_core.ts";
 import { fail, parseNumberFlag } from "./_cli_flags.ts";
-import { EXIT_OK, EXIT_USAGE, parseServeFlags, serveHttp } from "./_serve.ts";
+import {
+  EXIT_OK,
+  EXIT_USAGE,
+  parseServeFlags,
+  serveHttp,
+  STORE_FLAG_OPTIONS,
+  STORE_FLAGS_HELP,
+  storeFromFlags,
+} from "./_serve.ts";
 
 export type { SandboxMcp, SandboxMcpOptions } from "./_mcp_core.ts";
+export type { SharedSessionStore } from "./handler.ts";
 export type {
   JsonRpcMessage,
   McpServerHandle,
@@ -104,7 +119,7 @@ Over stdio it stops (exit 0) when stdin closes.
   --session-secret S         HMAC key for session bytes (or env
                              SANDBOX_SESSION_SECRET)
   --cache-dir DIR            Snapshot cache folder
-  --version                  Print the module and Pyodide versions
+${STORE_FLAGS_HELP}  --version                  Print the module and Pyodide versions
   --help                     Show this help
 `;
 
@@ -115,6 +130,7 @@ const FLAGS = {
   "max-mcp-sessions": { type: "string" },
   "session-idle-seconds": { type: "string" },
   stateless: { type: "boolean" },
+  ...STORE_FLAG_OPTIONS,
 } as const;
 
 /** Turns the command line into server settings; exits 2 when invalid. */
@@ -141,26 +157,39 @@ function configure(args: string[]) {
         "Invalid command line: --hostname, --port, --token and --max-mcp-sessions only apply with --http",
       );
     }
+    const idle = parseNumberFlag(
+      "--session-idle-seconds",
+      values["session-idle-seconds"],
+      { min: 0.001, max: 365 * 86_400 },
+    );
+    const { store, checkpointSeconds } = storeFromFlags(
+      values,
+      sandboxOptions.sessionSecret,
+      idle,
+    );
     const options: SandboxMcpOptions = {
       sandboxOptions,
       token: values.http ? listen.token : undefined,
       maxSessions: int("--max-sessions", values["max-sessions"], 0),
       maxMcpSessions: int("--max-mcp-sessions", values["max-mcp-sessions"], 1),
-      sessionIdleSeconds: parseNumberFlag(
-        "--session-idle-seconds",
-        values["session-idle-seconds"],
-        { min: 0.001, max: 365 * 86_400 },
-      ),
+      sessionIdleSeconds: idle,
       implicitSessions: !values.stateless,
+      ...(store
+        ? { sessionStore: store, sessionCheckpointSeconds: checkpointSeconds }
+        : {}),
     };
-    return { http: values.http === true, listen, options };
+    if (store) console.error(`Session store: ${store.url}`);
+    return { http: values.http === true, listen, options, store };
   } catch (error) {
     fail(errorText(error), EXIT_USAGE);
   }
 }
 
 /** Serves over stdio until stdin closes or a signal. */
-async function serveStdio(mcp: SandboxMcp): Promise<void> {
+async function serveStdio(
+  mcp: SandboxMcp,
+  store: { close(): Promise<void> } | undefined,
+): Promise<void> {
   // stdout carries the protocol: log to stderr only.
   const server = mcp.createServer();
   let stopping = false;
@@ -170,6 +199,7 @@ async function serveStdio(mcp: SandboxMcp): Promise<void> {
     console.error(`${PROGRAM}: ${why}, stopping`);
     await server.close().catch(() => {});
     await mcp.close({ graceSeconds: 0 });
+    await store?.close();
     Deno.exit(EXIT_OK);
   };
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
@@ -200,7 +230,7 @@ async function main(args: string[]): Promise<void> {
     } catch (error) {
       fail(errorText(error), EXIT_USAGE);
     }
-    return await serveStdio(mcp);
+    return await serveStdio(mcp, config.store);
   }
   await serveHttp({ ...config.listen, program: PROGRAM, path: "/mcp" }, () => {
     const mcp = createSandboxMcp(config.options);
@@ -214,7 +244,10 @@ async function main(args: string[]): Promise<void> {
             }),
           ),
       warmup: () => mcp.sandbox.warmup(),
-      close: (options) => mcp.close(options),
+      close: async (options) => {
+        await mcp.close(options);
+        await config.store?.close();
+      },
     };
   });
 }

@@ -14,12 +14,10 @@
  * @module
  */
 
-export {
-  BasePyodideSandbox,
-  PYODIDE_VERSION,
-  PyodideSandbox,
-  SessionError,
-} from "./sandbox.ts";
+export { BasePyodideSandbox } from "./base_sandbox.ts";
+export { PyodideSandbox } from "./sandbox.ts";
+export { PYODIDE_VERSION } from "./runner.ts";
+export { SessionError } from "./_session_bytes.ts";
 export type {
   ExecuteOptions,
   HostFunction,
@@ -47,7 +45,6 @@ export type {
   ErrorKind,
   ExecutionError,
   ExecutionTiming,
-  ExtraResultFields,
   JsonValue,
   MimeBundle,
   NotSerializable,
@@ -64,24 +61,25 @@ export {
   type TextPart,
 } from "./format.ts";
 export {
-  type AnthropicImageBlock,
-  type AnthropicTextBlock,
-  type AnthropicTool,
-  type AnthropicToolResultBlock,
-  type AnthropicToolUseBlock,
-  type OpenAIFunctionTool,
-  type OpenAIImagePart,
-  type OpenAIToolCall,
-  type OpenAIToolMessage,
-  type OpenAIToolOutput,
   PythonTool,
   pythonTool,
   type PythonToolCallOptions,
   type PythonToolInput,
-  type PythonToolInputSchema,
   type PythonToolOptions,
-  type PythonToolResult,
 } from "./tool.ts";
+export type { PythonToolInputSchema, PythonToolResult } from "./_tool_types.ts";
+export type {
+  AnthropicImageBlock,
+  AnthropicTextBlock,
+  AnthropicTool,
+  AnthropicToolResultBlock,
+  AnthropicToolUseBlock,
+  OpenAIFunctionTool,
+  OpenAIImagePart,
+  OpenAIToolCall,
+  OpenAIToolMessage,
+  OpenAIToolOutput,
+} from "./_tool_adapters.ts";
 export {
   SessionLimitError,
   SessionPool,
@@ -93,7 +91,7 @@ export {
 export {
   createHandler,
   type HandlerOptions,
-  openApiDocument,
   type SandboxHandler,
   type SharedSessionStore,
 } from "./handler.ts";
+export { openApiDocument } from "./_openapi.ts";

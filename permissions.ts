@@ -214,12 +214,9 @@ function withRealPaths(paths: string[]): string[] {
   const out: string[] = [];
   for (const path of paths) {
     if (!out.includes(path)) out.push(path);
-    let real: string;
-    try {
-      real = Deno.realPathSync(path);
-    } catch {
-      continue; // Not there (yet), or not ours to look at.
-    }
+    // Undefined: not there (yet), or not ours to look at.
+    const real = orNothing(() => Deno.realPathSync(path));
+    if (real === undefined) continue;
     if (!real.includes(",") && !real.includes("\0") && !out.includes(real)) {
       out.push(real);
     }
@@ -229,6 +226,21 @@ function withRealPaths(paths: string[]): string[] {
 
 /** Most folder entries looked at for symbolic links per child start. */
 export const LINK_SCAN_LIMIT = 4096;
+
+/** What a file-system call returns, or undefined when it throws. */
+function orNothing<T>(call: () => T): T | undefined {
+  try {
+    return call();
+  } catch {
+    return undefined;
+  }
+}
+
+/** The names in a folder; none when it cannot be read. */
+function entryNames(path: string): string[] {
+  return orNothing(() => [...Deno.readDirSync(path)].map((e) => e.name)) ??
+    [];
+}
 
 function within(path: string, root: string): boolean {
   return path === root ||
@@ -251,54 +263,26 @@ function escapingLinks(grants: string[], allowed: string[]): string[] {
   };
   const visit = (path: string, depth: number): void => {
     if (budget-- <= 0 || depth > 32) return;
-    let info: Deno.FileInfo;
-    try {
-      info = Deno.lstatSync(path);
-    } catch {
-      return;
-    }
+    const info = orNothing(() => Deno.lstatSync(path));
+    if (info === undefined) return;
     if (info.isSymlink) {
-      let real: string | undefined;
-      try {
-        real = Deno.realPathSync(path);
-      } catch {
-        real = undefined; // Dangling, or out of the host's own reach.
-      }
+      // Undefined: dangling, or out of the host's own reach.
+      const real = orNothing(() => Deno.realPathSync(path));
       if (real === undefined || !allowed.some((root) => within(real, root))) {
         found.add(expressible(path));
       }
       return;
     }
     if (!info.isDirectory) return;
-    let names: string[];
-    try {
-      names = [...Deno.readDirSync(path)].map((entry) => entry.name);
-    } catch {
-      return;
-    }
-    for (const name of names) visit(join(path, name), depth + 1);
+    for (const name of entryNames(path)) visit(join(path, name), depth + 1);
   };
   for (const grant of grants) {
-    let info: Deno.FileInfo;
-    try {
-      info = Deno.lstatSync(grant);
-    } catch {
-      continue;
-    }
+    const info = orNothing(() => Deno.lstatSync(grant));
+    if (info === undefined) continue;
     // The grant itself may be a link: the user named it, so look inside.
     if (info.isSymlink) {
-      try {
-        if (!Deno.statSync(grant).isDirectory) continue;
-      } catch {
-        continue;
-      }
-      let names: string[] = [];
-      try {
-        names = [...Deno.readDirSync(grant)].map((entry) => entry.name);
-      } catch {
-        // Unreadable.
-      }
-      for (const name of names) visit(join(grant, name), 1);
+      if (!orNothing(() => Deno.statSync(grant).isDirectory)) continue;
+      for (const name of entryNames(grant)) visit(join(grant, name), 1);
     } else {
       visit(grant, 0);
     }

@@ -156,16 +156,3 @@ export interface CodeExecutionResult {
    */
   timing?: ExecutionTiming;
 }
-
-/**
- * The result fields that used to be separate from
- * {@linkcode CodeExecutionResult}.
- *
- * @deprecated They are part of {@linkcode CodeExecutionResult} now.
- */
-export interface ExtraResultFields {
-  /** Some stdout was dropped because it exceeded `maxOutputBytes`. */
-  stdoutTruncated: boolean;
-  /** Some stderr was dropped because it exceeded `maxOutputBytes`. */
-  stderrTruncated: boolean;
-}

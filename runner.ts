@@ -8,7 +8,9 @@
  * and checked together when the module comes from a registry):
  * `_protocol.ts` (the frames, both directions), `_runner_channel.ts` (stdin),
  * `_runner_captured.ts` (built-ins taken before user code runs, frame
- * output), `_runner_files.ts` (the file mirror), `_runner_lockdown.ts` and
+ * output), `_runner_files.ts` (the file mirror), `_runner_state.ts` and
+ * `_state_diff.ts` (session state as a diff from the base snapshot),
+ * `_runner_lockdown.ts` and
  * `_runner_setup_py.ts` (the Python helpers, generated from
  * `_runner_setup.py`). The nonce in every stdout frame is a secret the
  * parent sends first; user code cannot learn it, so anything it writes to
@@ -29,13 +31,11 @@ import {
   INSTALL_CALL,
   MAX_RESULT_HEADER_BYTES,
   NONCE_BYTES,
-  packState,
   ToChild,
   toJson,
   ToParent,
-  unpackState,
 } from "./_protocol.ts";
-import { PYTHON_SETUP } from "./_runner_setup_py.ts";
+import { addState, collectGarbage, load } from "./_runner_state.ts";
 import {
   append,
   apply,
@@ -43,7 +43,6 @@ import {
   encode,
   encoder,
   encodeText,
-  objectKeys,
   parse,
   type Pyodide,
   record,
@@ -60,12 +59,10 @@ import {
   copyHostOut,
   fileStates,
   HOME,
-  readFiles,
   RESERVED,
   sendFiles,
   SITE_PACKAGES,
   within,
-  writeFiles,
   writeInputFiles,
 } from "./_runner_files.ts";
 import { lockDown } from "./_runner_lockdown.ts";
@@ -114,67 +111,6 @@ interface Child {
   installWheel: (data: Uint8Array, fileName: string, dir: string) => unknown;
   /** Pyodide's install folder for a lock's `install_dir`. */
   installDir: (name: string) => string;
-}
-
-/**
- * Loads Pyodide: from the session state in the init frame, else from the
- * base snapshot; in snapshot mode, builds and sends the base snapshot.
- *
- * @returns Pyodide, or `undefined` once the snapshot was sent.
- */
-async function load(
-  init: InitRequest,
-  initState: Uint8Array,
-  zlib: typeof import("node:zlib"),
-  started: number,
-): Promise<Pyodide | undefined> {
-  // The child runs with --no-config, so no import map: the exact specifier.
-  // deno-lint-ignore no-import-prefix
-  const { loadPyodide } = await import("npm:pyodide@314.0.7");
-  if (init.mode === "snapshot") {
-    const pyodide = await loadPyodide({ _makeSnapshot: true } as never);
-    pyodide.runPython(PYTHON_SETUP, { globals: pyodide.toPy({}) });
-    const snapshot: Uint8Array = pyodide.makeMemorySnapshot();
-    send(ToParent.snapshot, { loadMs: performance.now() - started }, snapshot);
-    return undefined;
-  }
-  if (initState.length === 0) {
-    // The host always starts from its verified base snapshot.
-    if (!init.snapshotPath) throw new Error("The init frame has no snapshot");
-    // Read off the main thread while Pyodide loads its own modules: it
-    // awaits the snapshot only right before instantiating the wasm.
-    const snapshot = Deno.readFile(init.snapshotPath);
-    return await loadPyodide(
-      { _loadSnapshot: snapshot, _makeSnapshot: true } as never,
-    );
-  }
-  const inflated = zlib.inflateRawSync(initState);
-  const state = unpackState(
-    new U8(inflated.buffer, inflated.byteOffset, inflated.length),
-  );
-  if (!state) throw new Error("The session state is damaged");
-  // Pyodide 314.0.7 restores a snapshot into the wasm heap without growing
-  // it (its INITIAL_MEMORY hint is ignored: the heap starts at 36 MiB), so
-  // a session that grew past that fails with "offset is out of bounds".
-  // Grow the heap to the snapshot's size before the restore.
-  // deno-lint-ignore no-import-prefix
-  const asm = await import("npm:pyodide@314.0.7/pyodide.asm.mjs");
-  const size = state.snapshot.length;
-  const pyodide = await loadPyodide(
-    {
-      _loadSnapshot: state.snapshot,
-      _makeSnapshot: true,
-      createPyodideModule: async (settings: unknown) => {
-        const module = await asm.default(settings);
-        if (module.HEAP8.length < size) module._emscripten_resize_heap(size);
-        return module;
-      },
-    } as never,
-  );
-  // Refresh the helpers: the session may come from an older runner.
-  pyodide.runPython(PYTHON_SETUP, { globals: pyodide.toPy({}) });
-  writeFiles(pyodide, state.files);
-  return pyodide;
 }
 
 /** Python's helpers, taken once (user code may replace the module's). */
@@ -344,48 +280,6 @@ async function runPython(child: Child, code: string): Promise<string> {
   );
 }
 
-/** Saves the session: a memory snapshot and the files, compressed. */
-function saveState(
-  child: Child,
-): { json: Record<string, unknown>; bin?: Uint8Array } {
-  const pyodide = child.pyodide;
-  let dropped = "";
-  let snapshot: Uint8Array;
-  try {
-    snapshot = pyodide.makeMemorySnapshot();
-  } catch {
-    dropped = child.py.dropJsGlobals();
-    try {
-      snapshot = pyodide.makeMemorySnapshot();
-    } catch (error) {
-      return {
-        json: {
-          stateError:
-            `The session state could not be saved: it holds live JavaScript objects (${
-              String(error)
-            })`,
-        },
-      };
-    }
-  }
-  const packed = packState(snapshot, readFiles(pyodide));
-  const bin = child.zlib.deflateRawSync(packed, { level: 1 });
-  return { json: { droppedGlobals: dropped }, bin };
-}
-
-/** Adds the saved state's fields to a header; returns the state bytes. */
-function addState(
-  child: Child,
-  header: Record<string, unknown>,
-): Uint8Array | undefined {
-  const state = saveState(child);
-  const keys = objectKeys(state.json);
-  for (let i = 0; i < keys.length; i++) {
-    header[keys[i]] = state.json[keys[i]];
-  }
-  return state.bin;
-}
-
 /** Answers a save frame. */
 function serveSave(child: Child): void {
   const header = record();
@@ -534,30 +428,6 @@ async function warm(child: Child): Promise<void> {
   await runPython(child, "pass");
   // Compiled packages of a preloaded snapshot load now, while idle.
   child.py.importPreloaded();
-}
-
-/**
- * One full garbage collection, before any user code runs: an idle child
- * allocates nothing, so V8 would keep the load's buffers (and their RSS,
- * which a pooled child holds and its kill must free) indefinitely.
- */
-function collectGarbage(): void {
-  try {
-    // Through getBuiltinModule, never import(): an ES module namespace made
-    // now would keep the originals that lockDown() replaces, and user code
-    // importing node:v8 or node:vm later would get them.
-    // deno-lint-ignore no-explicit-any
-    const process = (globalThis as any).process;
-    const v8 = process.getBuiltinModule("v8");
-    const vm = process.getBuiltinModule("vm");
-    // Affects only contexts made after this (vm and workers are locked
-    // down before user code runs); the function stays in this scope.
-    v8.setFlagsFromString("--expose-gc");
-    const gc = vm.runInNewContext("gc") as () => void;
-    gc();
-  } catch {
-    // Only memory is lost.
-  }
 }
 
 async function main(): Promise<void> {

@@ -1,44 +1,25 @@
 /**
- * The sandbox classes: {@linkcode BasePyodideSandbox} (options, checks and
- * the child command) and {@linkcode PyodideSandbox} (async execution, the
- * queue, the warm pool and live sessions).
+ * {@linkcode PyodideSandbox}: async execution over the shared
+ * {@linkcode BasePyodideSandbox}, with the queue, the warm pool and live
+ * sessions.
  *
  * @module
  */
 
-import { buildPermissionFlags } from "./permissions.ts";
+import { BasePyodideSandbox } from "./base_sandbox.ts";
 import type { CodeExecutionResult, SessionMetadata } from "./result.ts";
 import type {
   ExecuteOptions,
-  SandboxCommand,
   SandboxOptions,
   SessionOptions,
   StreamEvent,
 } from "./options.ts";
-import type { CallOutcome, ChildSpec, SandboxChild } from "./_child.ts";
-import {
-  checkDeno,
-  childArgs,
-  childEnv,
-  type Environment,
-  pyodideReadPaths,
-  resolveEnvironment,
-  snapshotPath,
-} from "./_setup.ts";
-import { SessionError, unsealSession } from "./_session_bytes.ts";
-import { PYODIDE_VERSION } from "./runner.ts";
+import type { SandboxChild } from "./_child.ts";
+import { snapshotPath } from "./_setup.ts";
+import { SessionError } from "./_session_bytes.ts";
 import { Semaphore } from "./_semaphore.ts";
 import { CallGuard } from "./_audit.ts";
-import {
-  type CallSettings,
-  callSettingsFrom,
-  checkMemory,
-  passedEnv,
-  sessionSettingsFrom,
-  type Settings,
-  settingsFrom,
-} from "./_settings.ts";
-import { runExec, type RunHow } from "./_host_calls.ts";
+import { type CallSettings, sessionSettingsFrom } from "./_settings.ts";
 import { ChildPool } from "./_pool.ts";
 import { ensurePreload } from "./_snapshot.ts";
 import { InstallError } from "./_packages.ts";
@@ -54,21 +35,6 @@ import {
   type SandboxResult,
 } from "./_outcome.ts";
 
-export type {
-  ExecuteOptions,
-  HostFunction,
-  SandboxCommand,
-  SandboxOptions,
-  SavedSession,
-  SessionOptions,
-  StreamEvent,
-} from "./options.ts";
-export { PyodideSession } from "./session.ts";
-export { PYODIDE_VERSION, SessionError };
-
-/** Memory the child needs beyond `memoryLimitMb` (V8, Deno, Pyodide's JS). */
-const RSS_OVERHEAD_MB = 384;
-
 /** The child of one stateless call. */
 interface Acquired {
   child: SandboxChild;
@@ -78,171 +44,6 @@ interface Acquired {
   pooled?: boolean;
   /** The call refills the pool (see `ChildPool.refillAfter`). */
   refill?: boolean;
-}
-
-/**
- * What the async and sync sandboxes share: option validation, the Deno
- * check, and the command that starts a child.
- *
- * @example
- * ```ts
- * import { BasePyodideSandbox } from "./sandbox.ts";
- * const sandbox = new BasePyodideSandbox({ allowNet: ["example.com"] });
- * const { command, args } = sandbox.buildCommand();
- * console.log(command, args.includes("--allow-net=example.com"));
- * ```
- */
-export class BasePyodideSandbox {
-  #settings: Settings;
-
-  /**
-   * Validates the options and checks that Deno can be run.
-   *
-   * @param options Permissions, limits and behaviour.
-   * @throws {TypeError} When an option has the wrong type or a permission
-   *   entry cannot be expressed.
-   * @throws {RangeError} When a number is out of range.
-   * @throws {Error} When `deno` cannot be run (message starts with
-   *   `Deno is not installed or not in PATH`), unless `skipDenoCheck`.
-   */
-  constructor(options: SandboxOptions = {}) {
-    this.#settings = settingsFrom(options);
-    if (!this.#settings.skipDenoCheck) checkDeno(this.#settings.denoPath);
-  }
-
-  /**
-   * The validated settings (for subclasses).
-   *
-   * @ignore
-   */
-  protected get settings(): Settings {
-    return this.#settings;
-  }
-
-  /**
-   * Validates a call's code and options against the sandbox's settings.
-   *
-   * @param code Python source.
-   * @param options Per-call options.
-   * @returns The effective settings of the call.
-   * @throws {TypeError} When the code is not a string or an option is
-   *   invalid.
-   * @throws {RangeError} When the code is too large or a limit is out of
-   *   range.
-   * @ignore
-   */
-  protected checkCall(code: unknown, options: ExecuteOptions): CallSettings {
-    return callSettingsFrom(this.#settings, code, options);
-  }
-
-  /**
-   * Sends one execution to a child and collects what it produces, answering
-   * host-function calls on the way.
-   *
-   * @param child The child.
-   * @param call The call's settings.
-   * @param how Deadline, soft interrupts and whether to return state.
-   * @returns What the child produced.
-   * @ignore
-   */
-  protected runCall(
-    child: SandboxChild,
-    call: CallSettings,
-    how: RunHow,
-  ): Promise<CallOutcome> {
-    return runExec(child, this.#settings, call, how);
-  }
-
-  /**
-   * Resolves the environment (Pyodide's folder in Deno's cache, the cache
-   * folder, the runner file). May run `deno info` on first use.
-   *
-   * @returns The environment.
-   * @ignore
-   */
-  protected environment(): Environment {
-    return resolveEnvironment(
-      this.#settings.denoPath,
-      this.#settings.cacheDir,
-    );
-  }
-
-  /**
-   * Builds the complete child specification for a memory limit.
-   *
-   * @param memoryLimitMb The limit.
-   * @returns Binary, arguments, environment and RSS cap.
-   * @ignore
-   */
-  protected childSpec(memoryLimitMb: number): ChildSpec {
-    const { command, args } = this.buildCommand(memoryLimitMb);
-    const settings = this.#settings;
-    const rssLimitBytes = (memoryLimitMb + RSS_OVERHEAD_MB) * 1024 * 1024;
-    return {
-      denoPath: command,
-      args,
-      env: childEnv(
-        this.environment(),
-        passedEnv(settings.permissions.allowEnv),
-      ),
-      rssLimitBytes,
-      limits: {
-        stateBytes: rssLimitBytes,
-        maxDisplayBytes: settings.maxDisplayBytes,
-        maxTotalFileBytes: settings.maxTotalFileBytes,
-      },
-      idleOutputBytes: settings.maxOutputBytes,
-    };
-  }
-
-  /**
-   * Values of the environment variables passed to children (`redactEnv`).
-   *
-   * @returns The values.
-   */
-  protected passedEnvValues(): string[] {
-    return Object.values(passedEnv(this.#settings.permissions.allowEnv));
-  }
-
-  /**
-   * Paths the runner itself reads: the Pyodide files and the snapshot.
-   * Merged into the user's read grant, never replacing it.
-   *
-   * @returns Absolute paths.
-   * @ignore
-   */
-  protected runnerReads(): string[] {
-    const env = this.environment();
-    return [...pyodideReadPaths(env), snapshotPath(env)];
-  }
-
-  /**
-   * Builds the `deno run` command of a child without running it.
-   *
-   * @param memoryLimitMb Memory limit to build for.
-   * @returns The binary and its arguments.
-   * @throws {Error} When the cache folder is unusable or Pyodide cannot be
-   *   located in Deno's cache.
-   * @example
-   * ```ts
-   * import { BasePyodideSandbox } from "./sandbox.ts";
-   * const { args } = new BasePyodideSandbox().buildCommand();
-   * console.log(args.includes("--no-remote")); // true
-   * ```
-   */
-  buildCommand(
-    memoryLimitMb: number = this.#settings.memoryLimitMb,
-  ): SandboxCommand {
-    const env = this.environment();
-    const flags = buildPermissionFlags(
-      this.#settings.permissions,
-      this.runnerReads(),
-    );
-    return {
-      command: env.denoPath,
-      args: childArgs(env, checkMemory(memoryLimitMb), flags),
-    };
-  }
 }
 
 /**
@@ -285,7 +86,8 @@ export class PyodideSandbox extends BasePyodideSandbox {
       size: this.settings.poolSize,
       memoryLimitMb: this.settings.memoryLimitMb,
       environment: () => this.environment(),
-      childSpec: (memoryLimitMb) => this.childSpec(memoryLimitMb),
+      childSpec: (memoryLimitMb, extraReads) =>
+        this.childSpec(memoryLimitMb, extraReads),
       revokeRead: () => this.#revocable(),
       preload: () =>
         this.settings.preload.length === 0
@@ -322,11 +124,18 @@ export class PyodideSandbox extends BasePyodideSandbox {
     if (this.#closed) throw new Error("The sandbox is closed");
   }
 
-  /** Runner paths the user did not grant: the child revokes them after loading. */
+  /**
+   * Runner paths the user did not grant: the child revokes them after
+   * loading. The base snapshot is not among them: the child reads it again
+   * to save its state as a diff (SECURITY.md).
+   */
   #revocable(): string[] {
     const read = this.settings.permissions.allowRead;
     if (read === true) return [];
-    return this.runnerReads().filter((p) => !(read || []).includes(p));
+    const base = snapshotPath(this.environment());
+    return this.runnerReads().filter((p) =>
+      p !== base && !(read || []).includes(p)
+    );
   }
 
   /**
@@ -349,11 +158,9 @@ export class PyodideSandbox extends BasePyodideSandbox {
 
   /** The child of a stateless call, restored from its session bytes. */
   async #acquire(call: CallSettings): Promise<Acquired> {
-    const state = call.sessionBytes && await unsealSession(
-      call.sessionBytes,
-      call.sessionMetadata!,
-      this.settings.sessionSecret,
-    );
+    const state = call.sessionBytes
+      ? await this.openBytes(call.sessionBytes, call.sessionMetadata!)
+      : undefined;
     const acquired = await this.#pool.acquire(call.memoryLimitMb, state);
     return { ...acquired, previous: call.sessionMetadata };
   }
@@ -521,16 +328,12 @@ export class PyodideSandbox extends BasePyodideSandbox {
   async openSession(options: SessionOptions = {}): Promise<PyodideSession> {
     this.#checkOpen();
     const o = sessionSettingsFrom(this.settings, options);
-    const payload = o.sessionBytes
-      ? await unsealSession(
-        o.sessionBytes,
-        o.sessionMetadata!,
-        this.settings.sessionSecret,
-      )
+    const state = o.sessionBytes
+      ? await this.openBytes(o.sessionBytes, o.sessionMetadata!)
       : undefined;
     const child = await this.#pool.spawn(o.memoryLimitMb, {
       oneShot: false,
-      state: payload,
+      state,
     });
     return await startSession(child, {
       settings: this.settings,

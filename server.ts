@@ -17,7 +17,9 @@
  * `--package-dir DIR`, `--package-index URL`, `--cors-origin ORIGIN`,
  * `--playground`, `--session-store redis://HOST:PORT[/DB]` (sessions shared
  * by every replica through Redis; all replicas need the same
- * `--session-secret`, or `--insecure-store`), `--help` and `--version`.
+ * `--session-secret`, or `--insecure-store`), `--session-checkpoint-seconds
+ * N` (with a store: write sessions back at most every N seconds and on
+ * drain instead of after every step), `--help` and `--version`.
  *
  * The module also exports {@linkcode redisSessionStore}, the store to pass
  * as `createHandler({ sessionStore })`.
@@ -31,9 +33,13 @@
 
 import { createHandler } from "./handler.ts";
 import { parseNumberFlag } from "./_cli_flags.ts";
-import { parseServeFlags, serveHttp } from "./_serve.ts";
-import { redisSessionStore } from "./redis_store.ts";
-import type { RedisSessionStore } from "./_redis_store.ts";
+import {
+  parseServeFlags,
+  serveHttp,
+  STORE_FLAG_OPTIONS,
+  STORE_FLAGS_HELP,
+  storeFromFlags,
+} from "./_serve.ts";
 
 export * from "./redis_store.ts";
 
@@ -72,11 +78,7 @@ const USAGE = `Usage: deno task serve [flags]
                              (repeatable; "*" for any, needs a token; off
                              by default)
   --playground               Serve the playground page at / (off by default)
-  --session-store URL        Share sessions between replicas through Redis:
-                             redis://[:PASSWORD@]HOST:PORT[/DB] or rediss://
-                             (every replica needs the same --session-secret)
-  --insecure-store           Allow --session-store without --session-secret
-  --help                     Show this help
+${STORE_FLAGS_HELP}  --help                     Show this help
   --version                  Show the module and Pyodide versions
 `;
 
@@ -88,35 +90,8 @@ const FLAGS = {
   "max-body-bytes": { type: "string" },
   "cors-origin": { type: "string", multiple: true },
   playground: { type: "boolean" },
-  "session-store": { type: "string" },
-  "insecure-store": { type: "boolean" },
+  ...STORE_FLAG_OPTIONS,
 } as const;
-
-/** The store `--session-store` asks for, checked; undefined without it. */
-function storeFromFlags(
-  url: string | undefined,
-  insecure: boolean,
-  sessionSecret: string | Uint8Array | undefined,
-  idleSeconds: number | undefined,
-): RedisSessionStore | undefined {
-  if (url === undefined) {
-    if (insecure) {
-      throw new TypeError(
-        "Invalid --insecure-store: it only applies with --session-store",
-      );
-    }
-    return undefined;
-  }
-  if (sessionSecret === undefined && !insecure) {
-    throw new TypeError(
-      "Refusing --session-store without --session-secret: every replica must share the HMAC key (--session-secret or env SANDBOX_SESSION_SECRET) so stored bytes are authenticated; pass --insecure-store to accept unauthenticated bytes",
-    );
-  }
-  return redisSessionStore(url, {
-    sessionSecret,
-    ...(idleSeconds === undefined ? {} : { idleSeconds }),
-  });
-}
 
 /**
  * Parses flags, starts the server and handles shutdown.
@@ -142,11 +117,10 @@ async function main(args: string[]): Promise<void> {
       values["session-idle-seconds"],
       { min: 0.001, max: 365 * 86_400 },
     );
-    const store = storeFromFlags(
-      values["session-store"],
-      values["insecure-store"] === true,
+    const { store, checkpointSeconds } = storeFromFlags(
+      values,
       sandboxOptions.sessionSecret,
-      idle === undefined ? undefined : Math.max(1, Math.ceil(idle)),
+      idle,
     );
     const handler = createHandler({
       sandboxOptions,
@@ -159,7 +133,9 @@ async function main(args: string[]): Promise<void> {
       maxBodyBytes: int("--max-body-bytes", values["max-body-bytes"], 1),
       playground: values.playground === true,
       corsOrigins: values["cors-origin"],
-      ...(store ? { sessionStore: store } : {}),
+      ...(store
+        ? { sessionStore: store, sessionCheckpointSeconds: checkpointSeconds }
+        : {}),
     });
     if (store) console.error(`Session store: ${store.url}`);
     return {

@@ -248,6 +248,7 @@ export class PyodideSession {
         this.#ctx.previous,
         this.#ctx.settings.sessionSecret,
         { packages: header?.packages ?? [] },
+        this.#child.baseSha256,
       );
       this.#ctx.previous = sealed.sessionMetadata;
       return sealed;

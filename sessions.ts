@@ -13,12 +13,12 @@ import {
   SessionStore,
   UnknownSessionError as StoreUnknownError,
 } from "./_session_store.ts";
-import {
-  type ExecuteOptions,
-  PyodideSandbox,
-  type SavedSession,
-  type SessionOptions,
-} from "./sandbox.ts";
+import { PyodideSandbox } from "./sandbox.ts";
+import type {
+  ExecuteOptions,
+  SavedSession,
+  SessionOptions,
+} from "./options.ts";
 import type { CodeExecutionResult } from "./result.ts";
 
 /** Thrown when a session must be opened and `maxSessions` are live. */

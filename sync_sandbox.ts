@@ -13,23 +13,28 @@ import {
   receiveMessageOnPort,
   Worker,
 } from "node:worker_threads";
-import {
-  BasePyodideSandbox,
-  type ExecuteOptions,
-  type HostFunction,
-  type SandboxOptions,
-  type SavedSession,
-  SessionError,
-  type SessionOptions,
-} from "./sandbox.ts";
+import { BasePyodideSandbox } from "./base_sandbox.ts";
 import type {
-  CodeExecutionResult,
-  ExtraResultFields,
-  MimeBundle,
-} from "./result.ts";
+  ExecuteOptions,
+  HostFunction,
+  SandboxOptions,
+  SavedSession,
+  SessionOptions,
+} from "./options.ts";
+import type { CodeExecutionResult, MimeBundle } from "./result.ts";
 import { callHostFunctionSync } from "./_host_calls.ts";
-import type { HostCallReply } from "./_protocol.ts";
-import { fromShared, toShared } from "./_bytes.ts";
+import {
+  errorFrom,
+  type FromWorker,
+  shareBytes,
+  STREAM_CALLBACKS,
+  type SyncEvent,
+  type SyncReply,
+  type SyncRequestBody,
+  type ToWorker,
+  unshareBytes,
+  type WireOptions,
+} from "./_sync_protocol.ts";
 import type { AuditCallback, AuditRecord } from "./_audit.ts";
 // A static import: the worker's module is loaded (downloaded, for a remote
 // import) with this one, before any caller blocks (see _sync_worker.ts).
@@ -41,24 +46,13 @@ const WORKER_START_MS = 20_000;
 /** Extra time the caller waits for the worker beyond a call's own timeout. */
 const WORKER_MARGIN_MS = 30_000;
 
-/** Result of the sync API. */
-export type SyncResult = CodeExecutionResult & ExtraResultFields;
-
-interface Reply {
-  id: number;
-  ok: boolean;
-  value?: unknown;
-  error?: { name: string; message: string };
-}
-
-interface WorkerEvent {
-  event: "stdout" | "stderr" | "display" | "call" | "audit";
-  request?: number;
-  data?: unknown;
-  callId?: number;
-  name?: string;
-  args?: unknown[];
-}
+/**
+ * Result of the sync API: a {@linkcode CodeExecutionResult} whose
+ * `stdoutTruncated` and `stderrTruncated` are always set.
+ */
+export type SyncResult =
+  & CodeExecutionResult
+  & Required<Pick<CodeExecutionResult, "stdoutTruncated" | "stderrTruncated">>;
 
 /** Callbacks of one request, run on the caller's thread. */
 interface Handlers {
@@ -95,7 +89,7 @@ class Bridge {
   #counter: Int32Array;
   #seen = 0;
   #nextId = 1;
-  #replies = new Map<number, Reply>();
+  #replies = new Map<number, SyncReply>();
   #handlers = new Map<number, Handlers>();
   #functions: Record<string, HostFunction>;
   #closed = false;
@@ -147,13 +141,13 @@ class Bridge {
     for (;;) {
       const message = receiveMessageOnPort(this.#port);
       if (!message) break;
-      const data = message.message as Reply | WorkerEvent;
+      const data = message.message as FromWorker;
       if ("event" in data) this.#onEvent(data);
       else this.#replies.set(data.id, data);
     }
   }
 
-  #onEvent(event: WorkerEvent): void {
+  #onEvent(event: SyncEvent): void {
     if (event.event === "audit") {
       try {
         this.#onAudit?.(event.data as AuditRecord);
@@ -163,14 +157,14 @@ class Bridge {
       return;
     }
     if (event.event === "call") {
-      this.#port.postMessage({
+      this.#post({
         op: "callReply",
         callId: event.callId,
-        ...this.#callFunction(event.name!, event.args ?? []),
+        ...callHostFunctionSync(this.#functions, event.name, event.args ?? []),
       });
       return;
     }
-    const handlers = this.#handlers.get(event.request!);
+    const handlers = this.#handlers.get(event.request);
     try {
       if (event.event === "stdout") handlers?.onStdout?.(event.data as string);
       else if (event.event === "stderr") {
@@ -181,8 +175,8 @@ class Bridge {
     }
   }
 
-  #callFunction(name: string, args: unknown[]): HostCallReply {
-    return callHostFunctionSync(this.#functions, name, args);
+  #post(message: ToWorker): void {
+    this.#port.postMessage(message);
   }
 
   #wait(id: number, timeoutMs: number): unknown {
@@ -193,15 +187,7 @@ class Bridge {
       if (reply) {
         this.#replies.delete(id);
         if (reply.ok) return reply.value;
-        const { name, message } = reply.error!;
-        const ErrorClass = name === "TypeError"
-          ? TypeError
-          : name === "RangeError"
-          ? RangeError
-          : name === "SessionError"
-          ? SessionError
-          : Error;
-        throw new ErrorClass(message);
+        throw errorFrom(reply.error);
       }
       const left = end - performance.now();
       if (left <= 0) {
@@ -216,7 +202,7 @@ class Bridge {
   }
 
   request(
-    message: Record<string, unknown>,
+    message: SyncRequestBody,
     timeoutMs: number,
     handlers?: Handlers,
   ): unknown {
@@ -224,7 +210,7 @@ class Bridge {
     const id = this.#nextId++;
     if (handlers) this.#handlers.set(id, handlers);
     try {
-      this.#port.postMessage({ ...message, id });
+      this.#post({ ...message, id });
       return this.#wait(id, timeoutMs);
     } finally {
       this.#handlers.delete(id);
@@ -243,25 +229,23 @@ class Bridge {
   }
 }
 
-function toWire(
-  options: ExecuteOptions | SessionOptions,
-): Record<string, unknown> {
-  const out: Record<string, unknown> = { ...options };
-  for (const name of ["onStdout", "onStderr", "onDisplay"]) {
+/** How long the caller waits for a call with this timeout. */
+function waitMs(timeoutSeconds: number): number {
+  return timeoutSeconds * 1000 + WORKER_MARGIN_MS;
+}
+
+/** Options as they cross to the worker (see `WireOptions`). */
+function toWire(options: ExecuteOptions | SessionOptions): WireOptions {
+  const out: WireOptions = shareBytes(options);
+  for (const [name] of STREAM_CALLBACKS) {
     if (typeof out[name] === "function") out[name] = true;
-  }
-  if (options.sessionBytes instanceof Uint8Array) {
-    out.sessionBytes = toShared(options.sessionBytes);
   }
   return out;
 }
 
-function fromWire(value: unknown): SyncResult {
-  const result = value as SyncResult & { sessionBytes?: unknown };
-  if (result.sessionBytes instanceof SharedArrayBuffer) {
-    result.sessionBytes = fromShared(result.sessionBytes);
-  }
-  return result;
+/** A result or saved state as the worker posted it. */
+function fromWire<T extends SyncResult | SavedSession>(value: unknown): T {
+  return unshareBytes(value as T) as T;
 }
 
 /**
@@ -307,10 +291,6 @@ export class SyncPyodideSandbox extends BasePyodideSandbox {
     return this.#bridge;
   }
 
-  #timeoutMs(seconds: number): number {
-    return seconds * 1000 + WORKER_MARGIN_MS;
-  }
-
   /**
    * Runs Python code and blocks until it is done.
    *
@@ -336,14 +316,14 @@ export class SyncPyodideSandbox extends BasePyodideSandbox {
       );
     }
     const call = this.checkCall(code, options);
-    return fromWire(
+    return fromWire<SyncResult>(
       this.#worker().request(
         {
           op: "execute",
           code,
           options: toWire(options),
         },
-        this.#timeoutMs(call.timeoutSeconds),
+        waitMs(call.timeoutSeconds),
         options,
       ),
     );
@@ -373,7 +353,7 @@ export class SyncPyodideSandbox extends BasePyodideSandbox {
     const id = bridge.request({
       op: "openSession",
       options: toWire(options),
-    }, this.#timeoutMs(this.settings.timeoutSeconds)) as string;
+    }, waitMs(this.settings.timeoutSeconds)) as string;
     return new SyncPyodideSession(
       bridge,
       id,
@@ -456,14 +436,14 @@ export class SyncPyodideSession {
       );
     }
     const timeout = this.#check(code, options);
-    return fromWire(this.#bridge.request(
+    return fromWire<SyncResult>(this.#bridge.request(
       {
         op: "sessionExecute",
         session: this.id,
         code,
         options: toWire(options),
       },
-      timeout * 1000 + WORKER_MARGIN_MS,
+      waitMs(timeout),
       options,
     ));
   }
@@ -475,15 +455,12 @@ export class SyncPyodideSession {
    * @throws {SessionError} When the session is lost or cannot be saved.
    */
   save(): SavedSession {
-    const saved = this.#bridge.request({
+    const saved = fromWire<SavedSession>(this.#bridge.request({
       op: "sessionSave",
       session: this.id,
-    }, this.#timeoutSeconds * 1000 + WORKER_MARGIN_MS) as {
-      sessionBytes: SharedArrayBuffer;
-      sessionMetadata: SavedSession["sessionMetadata"];
-    };
+    }, waitMs(this.#timeoutSeconds)));
     return {
-      sessionBytes: fromShared(saved.sessionBytes),
+      sessionBytes: saved.sessionBytes,
       sessionMetadata: saved.sessionMetadata,
     };
   }

@@ -8,11 +8,12 @@
  */
 
 import {
-  type ContentPart,
+  checkFormatOptions,
   formatResult,
   type FormatResultOptions,
 } from "./format.ts";
-import { PyodideSandbox, PyodideSession } from "./sandbox.ts";
+import { PyodideSandbox } from "./sandbox.ts";
+import { PyodideSession } from "./session.ts";
 import { SessionPool } from "./sessions.ts";
 import type { CodeExecutionResult } from "./result.ts";
 import {
@@ -27,33 +28,7 @@ import {
 } from "./_tool_adapters.ts";
 import { describeSandbox } from "./_tool_description.ts";
 
-export type {
-  AnthropicImageBlock,
-  AnthropicTextBlock,
-  AnthropicTool,
-  AnthropicToolResultBlock,
-  AnthropicToolUseBlock,
-  OpenAIFunctionTool,
-  OpenAIImagePart,
-  OpenAIToolCall,
-  OpenAIToolMessage,
-  OpenAIToolOutput,
-} from "./_tool_adapters.ts";
-
-/** The JSON Schema of a {@linkcode PythonTool}'s input: `{ code }` only. */
-export interface PythonToolInputSchema {
-  /** Always `"object"`. */
-  type: "object";
-  /** The one property, `code`. */
-  properties: {
-    /** The Python source. */
-    code: { type: "string"; description: string };
-  };
-  /** Always `["code"]`. */
-  required: string[];
-  /** Always false: no other property is accepted. */
-  additionalProperties: false;
-}
+import type { PythonToolInputSchema, PythonToolResult } from "./_tool_types.ts";
 
 /** The input of a {@linkcode PythonTool}. */
 export interface PythonToolInput {
@@ -117,16 +92,6 @@ export interface PythonToolCallOptions {
    * @default {undefined}
    */
   conversationId?: string;
-}
-
-/** What {@linkcode PythonTool.call} returns. */
-export interface PythonToolResult {
-  /** Text and image parts for the model (never empty). */
-  content: ContentPart[];
-  /** True when the code failed or the call could not run. */
-  isError: boolean;
-  /** The full result, when the code ran (files, timing, session bytes). */
-  result?: CodeExecutionResult;
 }
 
 const NAME = /^[A-Za-z0-9_-]{1,64}$/;
@@ -203,14 +168,7 @@ function checkOptions(
       );
     }
   }
-  // Validates the format options now rather than at the first call.
-  formatResult({
-    status: "success",
-    stdout: "",
-    stderr: "",
-    result: null,
-    executionTime: 0,
-  }, options.format ?? {});
+  checkFormatOptions(options.format ?? {});
 }
 
 /**
@@ -378,11 +336,7 @@ export class PythonTool {
     const { name, arguments: json } = toolCall.function;
     let out: PythonToolResult;
     if (name !== this.name) {
-      out = errorResult(
-        `Unknown tool: ${
-          JSON.stringify(String(name).slice(0, 64))
-        }; this handler runs "${this.name}"`,
-      );
+      out = this.#unknownTool(name);
     } else if (typeof json !== "string") {
       out = errorResult("Invalid arguments: expected a JSON string");
     } else {
@@ -439,12 +393,17 @@ export class PythonTool {
     }
     const out = block.name === this.name
       ? await this.call(block.input, options)
-      : errorResult(
-        `Unknown tool: ${
-          JSON.stringify(String(block.name).slice(0, 64))
-        }; this handler runs "${this.name}"`,
-      );
+      : this.#unknownTool(block.name);
     return toAnthropicResult(block.id, out);
+  }
+
+  /** The error result for a call addressed to another tool. */
+  #unknownTool(name: unknown): PythonToolResult {
+    return errorResult(
+      `Unknown tool: ${
+        JSON.stringify(String(name).slice(0, 64))
+      }; this handler runs "${this.name}"`,
+    );
   }
 }
 

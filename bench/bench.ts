@@ -24,7 +24,7 @@
 import { parseArgs } from "node:util";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { createHandler, PyodideSandbox } from "../mod.ts";
+import { PyodideSandbox } from "../mod.ts";
 import { SandboxChild } from "../_child.ts";
 import {
   childArgs,
@@ -35,8 +35,24 @@ import {
   resolveEnvironment,
 } from "../_setup.ts";
 import { ensureSnapshot } from "../_snapshot.ts";
+import { applyDiff, encodeDiff } from "../_state_diff.ts";
+import zlib from "node:zlib";
 import { buildPermissionFlag } from "../permissions.ts";
 import { ToChild, ToParent } from "../runner.ts";
+import {
+  childrenCpuSeconds,
+  describeMachine,
+  fmt,
+  log,
+  median,
+  printReport,
+  type Row,
+  rssMb,
+  runnerChildren,
+  sleep,
+  timed,
+} from "./_bench_util.ts";
+import { burstCase, httpCase } from "./_concurrency.ts";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = dirname(HERE);
@@ -75,78 +91,8 @@ const N = quick
     save: 6,
   };
 
-interface Row {
-  name: string;
-  unit: "ms" | "calls/s" | "MB" | "KB";
-  samples: number[];
-  /** `true`: ratio = naive / this (a latency); otherwise no ratio. */
-  latency: boolean;
-  target?: string;
-  /** Whether the median meets the target. */
-  meets?: (median: number, naive: number) => boolean;
-  note?: string;
-}
-
 const rows: Row[] = [];
 const extra: Record<string, unknown> = {};
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  if (s.length === 0) return NaN;
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
-
-function log(text: string): void {
-  console.error(`[bench] ${text}`);
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-/** CPU seconds of this process's reaped children (`/proc/self/stat`). */
-function childrenCpuSeconds(): number {
-  try {
-    const stat = Deno.readTextFileSync("/proc/self/stat");
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    // Fields 16 and 17 (1-based, with pid and comm): cutime, cstime.
-    const ticks = Number(fields[13]) + Number(fields[14]);
-    return ticks / 100;
-  } catch {
-    return NaN;
-  }
-}
-
-/** Live `deno` children of this process running the runner. */
-function runnerChildren(): number[] {
-  const pids: number[] = [];
-  for (const entry of Deno.readDirSync("/proc")) {
-    if (!/^\d+$/.test(entry.name)) continue;
-    try {
-      const stat = Deno.readTextFileSync(`/proc/${entry.name}/stat`);
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      if (Number(fields[1]) !== Deno.pid || fields[0] === "Z") continue;
-      const cmd = Deno.readTextFileSync(`/proc/${entry.name}/cmdline`);
-      if (cmd.includes("runner.ts")) pids.push(Number(entry.name));
-    } catch {
-      // Gone while we looked.
-    }
-  }
-  return pids;
-}
-
-function rssMb(pid: number): number {
-  const status = Deno.readTextFileSync(`/proc/${pid}/status`);
-  const match = /VmRSS:\s+(\d+) kB/.exec(status);
-  return match ? Number(match[1]) / 1024 : NaN;
-}
-
-async function timed<T>(fn: () => Promise<T>): Promise<[number, T]> {
-  const t = performance.now();
-  const value = await fn();
-  return [performance.now() - t, value];
-}
 
 // ---------------------------------------------------------------------------
 // Setup
@@ -155,7 +101,7 @@ const denoPath = resolveDenoPath();
 const ownCache = flags.values["cache-dir"] === undefined;
 const cacheDir = flags.values["cache-dir"] ??
   await Deno.makeTempDir({ prefix: "pyodide-sandbox-bench-" });
-const machine = describeMachine();
+const machine = describeMachine(quick);
 const loadBefore = Deno.loadavg();
 const benchStarted = performance.now();
 log(
@@ -181,7 +127,14 @@ try {
     await Deno.remove(cacheDir, { recursive: true }).catch(() => {});
   }
 }
-report();
+printReport({
+  rows,
+  extra,
+  machine,
+  loadBefore,
+  started: benchStarted,
+  json: flags.values.json,
+});
 
 // ---------------------------------------------------------------------------
 // Cases
@@ -190,8 +143,11 @@ async function runAll(env: Environment): Promise<void> {
   await coldCases(env);
   await pooledCase();
   await sessionCases();
-  await burstCase();
-  await httpCase();
+  await statefulCases();
+  await statePhases(env);
+  const ctx = { N, cacheDir, rows, extra };
+  await burstCase(ctx);
+  await httpCase(ctx);
   await poolRows();
 }
 
@@ -480,12 +436,16 @@ async function sessionCases(): Promise<void> {
         unit: "ms",
         samples: saves,
         latency: false,
+        target: "<= 30 ms",
+        meets: (m) => m <= 30,
       });
       rows.push({
-        name: "session bytes (compressed)",
+        name: "session bytes, 10k list + function + regex (diff)",
         unit: "KB",
         samples: sizes,
         latency: false,
+        target: "<= 400 KB",
+        meets: (m) => m <= 400,
       });
       const restores: number[] = [];
       for (let i = 0; i < N.save; i++) {
@@ -518,267 +478,125 @@ async function sessionCases(): Promise<void> {
   }
 }
 
-async function burstCase(): Promise<void> {
-  log(
-    `burst: ${N.burst} round(s) of ${N.burstCalls} calls at concurrency 4`,
-  );
-  const rates: number[] = [];
-  const cpuPerCall: number[] = [];
-  for (let round = 0; round < N.burst; round++) {
-    const sandbox = new PyodideSandbox({
-      poolSize: 2,
-      maxConcurrency: 4,
-      cacheDir,
-    });
-    let calls = 0;
-    let wall = 0;
-    try {
-      await sandbox.warmup();
-      const cpu = childrenCpuSeconds();
-      const t = performance.now();
-      let next = 0;
-      await Promise.all(
-        Array.from({ length: 4 }, async () => {
-          while (next < N.burstCalls) {
-            const i = next++;
-            const result = await sandbox.execute(`print(${i})`);
-            if (result.stdout !== `${i}\n`) {
-              throw new Error(`A burst call failed: ${result.stderr}`);
-            }
-            calls++;
-          }
-        }),
-      );
-      wall = performance.now() - t;
-      await sandbox.close();
-      // Let the last children be reaped so their CPU is counted.
-      await sleep(200);
-      cpuPerCall.push((childrenCpuSeconds() - cpu) / calls);
-    } finally {
-      await sandbox.close();
+/**
+ * Stateful mode (issue 11): the bytes after `x = 1`, and one `execute`
+ * round trip with `sessionBytes` (restore, `x += 1`, new bytes) at an
+ * agent's pace.
+ */
+async function statefulCases(): Promise<void> {
+  log(`stateful: ${N.save} round trips`);
+  const sandbox = new PyodideSandbox({ poolSize: 0, cacheDir, stateful: true });
+  try {
+    const sizes: number[] = [];
+    const trips: number[] = [];
+    let bytes;
+    for (let i = 0; i < N.save; i++) {
+      const first = await sandbox.execute("x = 1");
+      if (!first.sessionBytes) throw new Error("No session bytes");
+      sizes.push(first.sessionBytes.length / 1024);
+      bytes = {
+        sessionBytes: first.sessionBytes,
+        sessionMetadata: first.sessionMetadata,
+      };
     }
-    rates.push(calls / (wall / 1000));
+    for (let i = 0; i < N.save; i++) {
+      await sleep(200);
+      const [ms, next] = await timed(() =>
+        sandbox.execute("x += 1; x", bytes!)
+      );
+      if (next.result !== 2) {
+        throw new Error(`A round trip went wrong: ${JSON.stringify(next)}`);
+      }
+      trips.push(ms);
+    }
+    rows.push({
+      name: "session bytes after `x = 1` (diff)",
+      unit: "KB",
+      samples: sizes,
+      latency: false,
+      target: "<= 100 KB",
+      meets: (m) => m <= 100,
+    });
+    rows.push({
+      name: "stateful execute round trip (`x += 1` with sessionBytes)",
+      unit: "ms",
+      samples: trips,
+      latency: false,
+      target: "<= 120 ms",
+      meets: (m) => m <= 120,
+    });
+  } finally {
+    await sandbox.close();
   }
-  // The ceiling of the issue: cores divided by the CPU cost of one fresh
-  // interpreter, measured cleanly in the cold cases (one child from the
-  // snapshot, alone). The burst's own CPU per call also counts the pool's
-  // warm-ups and the children still loading when a round ends.
-  const cores = navigator.hardwareConcurrency;
-  const perInterpreter = median(
-    (extra.cpu as { snapshotChild: number[] }).snapshotChild,
-  );
-  const ceiling = cores / perInterpreter;
-  rows.push({
-    name: "burst throughput, concurrency 4",
-    unit: "calls/s",
-    samples: rates,
-    latency: false,
-    target: ">= 2/s, >= 80% of ceiling",
-    meets: (m) => m >= 2 && m >= 0.8 * ceiling,
-    note: `ceiling ${cores} cores / ${
-      perInterpreter.toFixed(2)
-    } CPU s per fresh interpreter = ${ceiling.toFixed(2)}/s; median is ${
-      ((median(rates) / ceiling) * 100).toFixed(0)
-    }% of it; CPU per burst call incl. pool warm-ups ${
-      median(cpuPerCall).toFixed(2)
-    } s`,
-  });
-  extra.burstCpuPerCall = cpuPerCall;
+}
+
+/** Reads a file into one buffer of its size, as the child does. */
+function readWhole(path: string): Uint8Array {
+  using file = Deno.openSync(path);
+  const out = new Uint8Array(file.statSync().size);
+  let at = 0;
+  while (at < out.length) {
+    const n = file.readSync(out.subarray(at));
+    if (!n) break;
+    at += n;
+  }
+  return out;
 }
 
 /**
- * Stateless calls at concurrency 8: the library called directly, then the
- * same calls through the HTTP server (createHandler in Deno.serve on
- * loopback), with the same sandbox settings.
+ * The phases of a save and a restore, measured in this process on an
+ * interpreter loaded from the same base snapshot with the same functions
+ * the child uses: snapshot, read base, diff, deflate; inflate, read base,
+ * apply (rebuild the image), Pyodide's load from the rebuilt image.
  */
-async function httpCase(): Promise<void> {
-  const calls = N.burstCalls;
-  log(`http: ${calls} calls at concurrency 8, direct and over HTTP`);
-  const options = { poolSize: 2, maxConcurrency: 8, cacheDir };
-  async function drive(
-    run: (i: number) => Promise<string>,
-  ): Promise<{ rate: number; latencies: number[] }> {
-    const latencies: number[] = [];
-    let next = 0;
-    const t = performance.now();
-    await Promise.all(
-      Array.from({ length: 8 }, async () => {
-        while (next < calls) {
-          const i = next++;
-          const start = performance.now();
-          const stdout = await run(i);
-          latencies.push(performance.now() - start);
-          if (stdout !== `${i}\n`) throw new Error(`A call failed: ${stdout}`);
-        }
-      }),
-    );
-    return { rate: calls / ((performance.now() - t) / 1000), latencies };
-  }
-  const direct = new PyodideSandbox(options);
-  let directResult;
-  try {
-    await direct.warmup();
-    directResult = await drive(async (i) =>
-      (await direct.execute(`print(${i})`)).stdout
-    );
-  } finally {
-    await direct.close();
-  }
-  const handler = createHandler({
-    sandboxOptions: options,
-    maxConcurrency: 8,
-    maxQueue: 64,
-  });
-  const server = Deno.serve(
-    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
-    handler,
-  );
-  let httpResult;
-  try {
-    await handler.sandbox.warmup();
-    const url = `http://127.0.0.1:${server.addr.port}/v1/execute`;
-    httpResult = await drive(async (i) => {
-      const response = await fetch(url, {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({ code: `print(${i})` }),
-      });
-      return (await response.json()).stdout;
-    });
-  } finally {
-    await handler.close({ graceSeconds: 5 });
-    await server.shutdown();
-  }
-  rows.push({
-    name: "stateless calls/s at concurrency 8, direct",
-    unit: "calls/s",
-    samples: [directResult.rate],
-    latency: false,
-  });
-  rows.push({
-    name: "stateless calls/s at concurrency 8, over HTTP",
-    unit: "calls/s",
-    samples: [httpResult.rate],
-    latency: false,
-  });
-  rows.push({
-    name: "latency at concurrency 8, direct",
-    unit: "ms",
-    samples: directResult.latencies,
-    latency: false,
-  });
-  rows.push({
-    name: "latency at concurrency 8, over HTTP",
-    unit: "ms",
-    samples: httpResult.latencies,
-    latency: false,
-  });
-}
-
-// ---------------------------------------------------------------------------
-// Report
-
-function fmt(x: number | undefined, unit = "ms"): string {
-  if (x === undefined || !Number.isFinite(x)) return "-";
-  if (unit === "calls/s") return x.toFixed(2);
-  if (x >= 100) return x.toFixed(0);
-  if (x >= 10) return x.toFixed(1);
-  return x.toFixed(2);
-}
-
-function describeMachine(): Record<string, string> {
-  let cpu = "unknown CPU";
-  try {
-    cpu = /model name\s*:\s*(.*)/.exec(
-      Deno.readTextFileSync("/proc/cpuinfo"),
-    )?.[1] ?? cpu;
-  } catch {
-    // Not Linux.
-  }
-  const memory = Deno.systemMemoryInfo();
-  return {
-    date: new Date().toISOString().slice(0, 16).replace("T", " ") + " UTC",
-    machine:
-      `${Deno.build.os} ${Deno.build.arch}, ${cpu}, ${navigator.hardwareConcurrency} cores, ${
-        (memory.total / 1073741824).toFixed(0)
-      } GiB RAM`,
-    deno: Deno.version.deno,
-    command: `deno task bench${quick ? " --quick" : ""}`,
+async function statePhases(env: Environment): Promise<void> {
+  log("state phases (in this process)");
+  const path = await ensureSnapshot(env);
+  const { loadPyodide } = await import("pyodide");
+  const pyodide = await loadPyodide(
+    { _loadSnapshot: await Deno.readFile(path), _makeSnapshot: true } as never,
+  ) as unknown as {
+    runPython(code: string): unknown;
+    makeMemorySnapshot(): Uint8Array;
   };
-}
-
-function report(): void {
-  const naive = median(rows.find((r) => r.name.startsWith("naive"))!.samples);
-  const table = rows.map((row) => {
-    const m = median(row.samples);
-    const x = naive / m;
-    const ratio = row.latency
-      ? `${x >= 100 ? x.toFixed(0) : x.toFixed(1)}x`
-      : "-";
-    const met = row.meets ? (row.meets(m, naive) ? "yes" : "NO") : "";
-    return {
-      name: row.name,
-      n: String(row.samples.length),
-      median: `${fmt(m, row.unit)} ${row.unit}`,
-      min: fmt(Math.min(...row.samples), row.unit),
-      max: fmt(Math.max(...row.samples), row.unit),
-      ratio,
-      target: row.target ? `${row.target} (${met})` : "",
-      note: row.note ?? "",
-    };
-  });
-  const seconds = (performance.now() - benchStarted) / 1000;
-  const load = Deno.loadavg();
-  const header = ["case", "n", "median", "min", "max", "vs naive", "target"];
-  const cells = table.map((
-    r,
-  ) => [r.name, r.n, r.median, r.min, r.max, r.ratio, r.target]);
-  const widths = header.map((h, i) =>
-    Math.max(h.length, ...cells.map((c) => c[i].length))
+  pyodide.runPython(
+    "import json, re\ndata = list(range(10000))\n" +
+      "def f(n):\n    return n * 2\npattern = re.compile('a+')",
   );
-  const line = (c: string[]) =>
-    c.map((x, i) => i === 0 ? x.padEnd(widths[i]) : x.padStart(widths[i]))
-      .join("  ");
-  console.log("");
-  console.log(line(header));
-  console.log(widths.map((w) => "-".repeat(w)).join("  "));
-  for (const c of cells) console.log(line(c));
-  console.log("");
-  for (const r of table) if (r.note) console.log(`${r.name}: ${r.note}`);
-  const snap = extra.snapshot as { hostMs: number; size: number } | undefined;
-  if (snap) {
-    console.log(
-      `snapshot: built or verified in ${snap.hostMs.toFixed(0)} ms, ${
-        (snap.size / 1048576).toFixed(1)
-      } MB`,
+  const phases: Record<string, number[]> = {};
+  const add = (name: string, ms: number) => (phases[name] ??= []).push(ms);
+  let payload = new Uint8Array(0);
+  for (let i = 0; i < N.save; i++) {
+    const [snapMs, snapshot] = await timed(() =>
+      Promise.resolve(pyodide.makeMemorySnapshot())
     );
-  }
-  console.log(
-    `"vs naive" = naive median / case median (how many times faster). ` +
-      `Load average ${loadBefore.map((x) => x.toFixed(2)).join(" ")} before, ${
-        load.map((x) => x.toFixed(2)).join(" ")
-      } after; ${seconds.toFixed(0)} s in all.`,
-  );
-  console.log("");
-  console.log("Markdown:");
-  console.log("");
-  console.log(
-    `${machine.date}; ${machine.machine}; deno ${machine.deno}; \`${machine.command}\`; load average ${
-      loadBefore[0].toFixed(1)
-    } → ${load[0].toFixed(1)}; ${seconds.toFixed(0)} s.`,
-  );
-  console.log("");
-  console.log(`| ${header.join(" | ")} |`);
-  console.log(`|${header.map((_, i) => i === 0 ? "---" : "---:").join("|")}|`);
-  for (const c of cells) console.log(`| ${c.join(" | ")} |`);
-  if (flags.values.json) {
-    Deno.writeTextFileSync(
-      flags.values.json,
-      JSON.stringify(
-        { machine, rows, extra, seconds, loadBefore, load },
-        null,
-        2,
-      ),
+    const [readMs, base] = await timed(() => Promise.resolve(readWhole(path)));
+    const [diffMs, diff] = await timed(() =>
+      Promise.resolve(encodeDiff(snapshot, base, new Uint8Array(0)))
     );
+    const [deflateMs, deflated] = await timed(() =>
+      Promise.resolve(zlib.deflateRawSync(diff, { level: 3 }))
+    );
+    payload = new Uint8Array(deflated);
+    add("save: makeMemorySnapshot()", snapMs);
+    add("save: read base", readMs);
+    add("save: diff", diffMs);
+    add("save: deflate", deflateMs);
+    const [inflateMs, inflated] = await timed(() =>
+      Promise.resolve(zlib.inflateRawSync(payload))
+    );
+    const [read2Ms, base2] = await timed(() =>
+      Promise.resolve(readWhole(path))
+    );
+    const [applyMs] = await timed(() =>
+      Promise.resolve(applyDiff(new Uint8Array(inflated), base2, 2 ** 31))
+    );
+    add("restore: inflate", inflateMs);
+    add("restore: read base", read2Ms);
+    add("restore: apply diff", applyMs);
   }
+  for (const [name, samples] of Object.entries(phases)) {
+    rows.push({ name: `phase, ${name}`, unit: "ms", samples, latency: false });
+  }
+  extra.statePhases = phases;
 }

@@ -8,7 +8,7 @@
  * For the demo, the app calls its own API once and shuts down; a real app
  * keeps serving until SIGINT/SIGTERM.
  */
-import { createHandler } from "../handler.ts";
+import { createHandler } from "../mod.ts";
 
 const token = Deno.env.get("SANDBOX_TOKEN") ?? crypto.randomUUID();
 const sandbox = createHandler({

@@ -1,21 +1,25 @@
 /**
- * Helpers of the attack battery (`tests/security_test.ts`): a Python
+ * Helpers of the attack battery (`tests/security_*_test.ts`): a Python
  * prelude that runs many attacks in one execution and reports each one, a
  * host fixture with a canary file and a secret environment variable, a
  * loopback server that records every connection, witnesses (other
- * sandboxes) that must stay unaffected, and forged session bytes.
+ * sandboxes) that must stay unaffected (forged session bytes:
+ * `_forge_session.ts`).
  *
  * @module
  */
 
-import { TEST_DENO_PATH } from "./_helpers.ts";
+import {
+  liveDenoChildren,
+  TEST_DENO_PATH,
+  withHostRssLock,
+} from "./_helpers.ts";
 import assert from "node:assert/strict";
 import type {
   CodeExecutionResult,
   JsonValue,
   PyodideSandbox,
   PyodideSession,
-  SessionMetadata,
 } from "../mod.ts";
 
 /** What one attack inside a battery did. */
@@ -412,32 +416,6 @@ export function startRecorder(): Recorder {
 }
 
 /**
- * Pids of this process's live child processes (Linux `/proc`).
- *
- * @returns The pids.
- */
-export function childPids(): number[] {
-  const pids: number[] = [];
-  for (const entry of Deno.readDirSync("/proc")) {
-    if (!/^\d+$/.test(entry.name)) continue;
-    try {
-      const stat = Deno.readTextFileSync(`/proc/${entry.name}/stat`);
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      if (
-        Number(fields[1]) === Deno.pid && fields[0] !== "Z" &&
-        Deno.readTextFileSync(`/proc/${entry.name}/cmdline`).split("\0")[0] ===
-          ATTACK_DENO
-      ) {
-        pids.push(Number(entry.name));
-      }
-    } catch {
-      // The process ended meanwhile.
-    }
-  }
-  return pids;
-}
-
-/**
  * A `deno` of this test module's own (a symlink), used as the sandboxes'
  * `denoPath`: under `deno test --parallel` all test modules share one
  * process, and only children started through it are this module's.
@@ -451,10 +429,10 @@ export const ATTACK_DENO: string = TEST_DENO_PATH;
  */
 export async function assertNoChildren(timeoutMs = 3000): Promise<void> {
   const end = Date.now() + timeoutMs;
-  let left = childPids();
+  let left = liveDenoChildren();
   while (left.length > 0 && Date.now() < end) {
     await new Promise((r) => setTimeout(r, 50));
-    left = childPids();
+    left = liveDenoChildren();
   }
   assert.deepEqual(left, [], "child processes were left behind");
 }
@@ -500,80 +478,30 @@ export async function sha256File(path: string): Promise<string> {
 }
 
 /**
- * Builds session bytes the way an attacker without the `sessionSecret`
- * can: any payload and header, with a valid (unkeyed) SHA-256 checksum.
- *
- * @param payload The compressed state the child will inflate.
- * @param header The header; defaults to a current one.
- * @returns Bytes and matching metadata.
- */
-export async function forgeSession(
-  payload: Uint8Array,
-  header?: { pyodideVersion: string; createdAt: string; updatedAt: string },
-): Promise<{ sessionBytes: Uint8Array; sessionMetadata: SessionMetadata }> {
-  const { PYODIDE_VERSION } = await import("../mod.ts");
-  const now = new Date().toISOString();
-  const h = header ??
-    { pyodideVersion: PYODIDE_VERSION, createdAt: now, updatedAt: now };
-  const magic = new TextEncoder().encode("PYSBSESS");
-  const head = new TextEncoder().encode(JSON.stringify(h));
-  const body = new Uint8Array(
-    magic.length + 6 + head.length + payload.length + 32,
-  );
-  body.set(magic, 0);
-  body[magic.length] = 1; // format
-  body[magic.length + 1] = 1; // unkeyed sha256
-  new DataView(body.buffer).setUint32(magic.length + 2, head.length);
-  body.set(head, magic.length + 6);
-  body.set(payload, magic.length + 6 + head.length);
-  const signed = body.subarray(0, body.length - 32);
-  body.set(
-    new Uint8Array(await crypto.subtle.digest("SHA-256", signed)),
-    body.length - 32,
-  );
-  return { sessionBytes: body, sessionMetadata: { ...h } as SessionMetadata };
-}
-
-/**
- * A small deflate-raw stream that inflates to `megabytes` MB of zeros: a
- * decompression bomb for forged session bytes. Built in 16 MB steps, so the
- * host never holds the inflated size.
- *
- * @param megabytes Inflated size (a multiple of 16).
- * @returns The compressed bytes.
- */
-export async function zeroBomb(megabytes: number): Promise<Uint8Array> {
-  const stream = new CompressionStream("deflate-raw");
-  const writer = stream.writable.getWriter();
-  const chunk = new Uint8Array(16 * 1024 * 1024);
-  const writing = (async () => {
-    for (let i = 0; i < megabytes / 16; i++) await writer.write(chunk);
-    await writer.close();
-  })();
-  const out = new Uint8Array(await new Response(stream.readable).arrayBuffer());
-  await writing;
-  return out;
-}
-
-/**
- * Polls the host's resident memory while a promise runs.
+ * Polls the host's resident memory while a promise runs. The RSS is the
+ * whole process's, and `deno test --parallel` runs several test modules in
+ * one process: watches are taken one at a time across those modules
+ * ({@linkcode withHostRssLock}), so that one module's giant output is not
+ * counted against another's cap.
  *
  * @param run The work to watch.
  * @returns Its value and the highest RSS growth seen, in bytes.
  */
-export async function watchHostRss<T>(
+export function watchHostRss<T>(
   run: () => Promise<T>,
 ): Promise<{ value: T; growth: number }> {
-  const base = Deno.memoryUsage().rss;
-  let peak = base;
-  const timer = setInterval(() => {
-    peak = Math.max(peak, Deno.memoryUsage().rss);
-  }, 20);
-  try {
-    const value = await run();
-    peak = Math.max(peak, Deno.memoryUsage().rss);
-    return { value, growth: peak - base };
-  } finally {
-    clearInterval(timer);
-  }
+  return withHostRssLock(async () => {
+    const base = Deno.memoryUsage().rss;
+    let peak = base;
+    const timer = setInterval(() => {
+      peak = Math.max(peak, Deno.memoryUsage().rss);
+    }, 20);
+    try {
+      const value = await run();
+      peak = Math.max(peak, Deno.memoryUsage().rss);
+      return { value, growth: peak - base };
+    } finally {
+      clearInterval(timer);
+    }
+  });
 }

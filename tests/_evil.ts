@@ -8,6 +8,7 @@
  * @module
  */
 
+import assert from "node:assert/strict";
 import { dirname } from "node:path";
 import { fileURLToPath as fromFileUrl } from "node:url";
 import {
@@ -17,7 +18,11 @@ import {
 } from "../mod.ts";
 import type { ChildSpec } from "../_child.ts";
 import type { Bin, Op } from "./_fixtures/evil_child.ts";
-import { TEST_DENO_PATH } from "./_helpers.ts";
+import {
+  assertNoDenoChildren,
+  assertSuccess,
+  TEST_DENO_PATH,
+} from "./_helpers.ts";
 
 export type { Bin, Op };
 
@@ -124,6 +129,31 @@ export function evilDenoPath(dir: string): string {
   );
   Deno.chmodSync(path, 0o755);
   return path;
+}
+
+/**
+ * Runs `fn` with an {@linkcode evilSandbox}, then checks that what the
+ * hostile child did was contained: the same sandbox still runs an honest
+ * call (result `1`), and no child is left once it is closed.
+ *
+ * @param options Sandbox options over the evil defaults.
+ * @param fn The hostile calls.
+ */
+export async function withEvil(
+  options: SandboxOptions,
+  fn: (sandbox: EvilSandbox) => Promise<void>,
+): Promise<void> {
+  const sandbox = evilSandbox(options);
+  try {
+    await fn(sandbox);
+    // Contained: the same sandbox still runs an honest call.
+    const after = await sandbox.execute(script(RESULT));
+    assertSuccess(after);
+    assert.equal(after.result, 1);
+  } finally {
+    await sandbox.close();
+  }
+  await assertNoDenoChildren("after the hostile child's calls");
 }
 
 /**

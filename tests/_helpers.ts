@@ -54,12 +54,22 @@ export interface ProcessInfo {
   state: string;
   /** The executable name (`/proc/<pid>/comm`). */
   comm: string;
+  /** Its session id (the pid of the process that called `setsid`). */
+  session: number;
 }
 
-function readProcess(pid: number): ProcessInfo | undefined {
+/**
+ * Reads one process from `/proc/<pid>/stat`.
+ *
+ * @param pid The process.
+ * @returns What `/proc` says of it, or `undefined` once it is gone.
+ */
+export function processInfo(pid: number): ProcessInfo | undefined {
   try {
     const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
     const open = stat.indexOf("(");
+    // The command name may contain spaces and parentheses: split after the
+    // last ")".
     const close = stat.lastIndexOf(")");
     const fields = stat.slice(close + 2).split(" ");
     return {
@@ -67,9 +77,50 @@ function readProcess(pid: number): ProcessInfo | undefined {
       ppid: Number(fields[1]),
       state: fields[0],
       comm: stat.slice(open + 1, close),
+      session: Number(fields[3]),
     };
   } catch {
     // The process ended while we looked.
+    return undefined;
+  }
+}
+
+/**
+ * Lists every process of the machine as `/proc` shows it, zombies included.
+ *
+ * @returns The processes.
+ */
+export function processes(): ProcessInfo[] {
+  const all: ProcessInfo[] = [];
+  for (const entry of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    const info = processInfo(Number(entry.name));
+    if (info) all.push(info);
+  }
+  return all;
+}
+
+/**
+ * Tells whether a process exists and is not a zombie.
+ *
+ * @param pid The process.
+ * @returns `true` while it lives.
+ */
+export function isAlive(pid: number): boolean {
+  const info = processInfo(pid);
+  return info !== undefined && info.state !== "Z";
+}
+
+/**
+ * A process's command line, its arguments joined by NUL bytes.
+ *
+ * @param pid The process.
+ * @returns The command line, or `undefined` once the process is gone.
+ */
+export function commandLine(pid: number): string | undefined {
+  try {
+    return Deno.readTextFileSync(`/proc/${pid}/cmdline`);
+  } catch {
     return undefined;
   }
 }
@@ -81,12 +132,7 @@ function readProcess(pid: number): ProcessInfo | undefined {
  * @returns The descendants, children first.
  */
 export function descendants(root: number = Deno.pid): ProcessInfo[] {
-  const all: ProcessInfo[] = [];
-  for (const entry of Deno.readDirSync("/proc")) {
-    if (!/^\d+$/.test(entry.name)) continue;
-    const info = readProcess(Number(entry.name));
-    if (info) all.push(info);
-  }
+  const all = processes();
   const out: ProcessInfo[] = [];
   const parents = new Set([root]);
   let grew = true;
@@ -104,11 +150,7 @@ export function descendants(root: number = Deno.pid): ProcessInfo[] {
 }
 
 function argv0(pid: number): string | undefined {
-  try {
-    return Deno.readTextFileSync(`/proc/${pid}/cmdline`).split("\0")[0];
-  } catch {
-    return undefined;
-  }
+  return commandLine(pid)?.split("\0")[0];
 }
 
 /**
@@ -120,11 +162,8 @@ function argv0(pid: number): string | undefined {
  */
 export function processesStartedAs(path: string): number[] {
   const out: number[] = [];
-  for (const entry of Deno.readDirSync("/proc")) {
-    if (!/^\d+$/.test(entry.name)) continue;
-    const pid = Number(entry.name);
-    const info = readProcess(pid);
-    if (info && info.state !== "Z" && argv0(pid) === path) out.push(pid);
+  for (const info of processes()) {
+    if (info.state !== "Z" && argv0(info.pid) === path) out.push(info.pid);
   }
   return out;
 }
@@ -149,13 +188,10 @@ export function liveDenoChildren(): number[] {
  */
 export function describePids(pids: number[]): string {
   return pids.map((pid) => {
-    try {
-      const cmd = Deno.readTextFileSync(`/proc/${pid}/cmdline`)
-        .replaceAll("\0", " ").trim();
-      return `${pid}: ${cmd.slice(0, 400)}`;
-    } catch {
-      return `${pid}: (gone)`;
-    }
+    const cmd = commandLine(pid)?.replaceAll("\0", " ").trim();
+    return cmd === undefined
+      ? `${pid}: (gone)`
+      : `${pid}: ${cmd.slice(0, 400)}`;
   }).join("\n");
 }
 
@@ -226,12 +262,28 @@ export interface RecordingServer {
  * @returns The server.
  */
 export function startRecordingServer(): RecordingServer {
+  return startFileServer(() => "ok");
+}
+
+/**
+ * Starts a loopback HTTP server on a free port that records each request's
+ * path and answers with what `respond` gives for it (404 for `undefined`).
+ *
+ * @param respond The response or body for a path.
+ * @returns The server.
+ */
+export function startFileServer(
+  respond: (path: string) => Response | BodyInit | undefined,
+): RecordingServer {
   const hits: string[] = [];
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: 0, onListen() {} },
     (request) => {
-      hits.push(new URL(request.url).pathname);
-      return new Response("ok");
+      const path = new URL(request.url).pathname;
+      hits.push(path);
+      const body = respond(path);
+      if (body === undefined) return new Response("not found", { status: 404 });
+      return body instanceof Response ? body : new Response(body);
     },
   );
   const host = `127.0.0.1:${server.addr.port}`;
@@ -363,4 +415,57 @@ export function assertSuccess(result: CodeExecutionResult): void {
     `expected success, got ${JSON.stringify(result.error)}\n${result.stderr}`,
   );
   assert.equal(result.error, undefined);
+}
+
+/**
+ * Asserts an error result of the given kind (and Python type), with no
+ * result value.
+ *
+ * @param result The result.
+ * @param kind The error's kind.
+ * @param type The Python exception's type, when it matters.
+ */
+export function assertError(
+  result: CodeExecutionResult,
+  kind: string,
+  type?: string,
+): void {
+  assert.equal(result.status, "error", `expected an error: ${result.stdout}`);
+  assert.ok(result.error, "error details");
+  assert.equal(result.error.kind, kind, JSON.stringify(result.error));
+  if (type !== undefined) assert.equal(result.error.type, type);
+  assert.equal(result.result, null);
+}
+
+/**
+ * Runs `fn` while no other test module of this process measures the
+ * process's resident memory. `deno test --parallel` runs several test
+ * modules in one process, whose RSS they all share: a check of the host's
+ * RSS growth holds this lock (a file named for this process, removed by a
+ * later run once the process has ended) so that another module's giant
+ * output or memory bomb is not counted against it.
+ *
+ * @param fn The measured work.
+ * @returns What `fn` returns.
+ */
+export async function withHostRssLock<T>(fn: () => Promise<T>): Promise<T> {
+  const dir = `${Deno.env.get("TMPDIR") ?? "/tmp"}/pysb-host-rss-locks`;
+  await Deno.mkdir(dir, { recursive: true });
+  // The lock files of test processes that ended are litter.
+  for (const entry of Deno.readDirSync(dir)) {
+    if (/^\d+$/.test(entry.name) && !isAlive(Number(entry.name))) {
+      await Deno.remove(`${dir}/${entry.name}`).catch(() => {});
+    }
+  }
+  const lock = await Deno.open(`${dir}/${Deno.pid}`, {
+    read: true,
+    write: true,
+    create: true,
+  });
+  try {
+    await lock.lock(true);
+    return await fn();
+  } finally {
+    lock.close();
+  }
 }

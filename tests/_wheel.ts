@@ -115,3 +115,61 @@ export function buildWheel(
     data: buildZip(files),
   };
 }
+
+/** One package of a test `pyodide-lock.json`. */
+export interface LockEntry {
+  /** Distribution name. */
+  name: string;
+  /** Version. */
+  version: string;
+  /** The wheel's file name (or URL). */
+  fileName: string;
+  /** Import names. */
+  imports: string[];
+  /** Distribution names it depends on. */
+  depends: string[];
+  /** The sha256 the lock lists (hex). */
+  sha256: string;
+}
+
+/**
+ * A `pyodide-lock.json` document listing pure-Python site packages.
+ *
+ * @param info The lock's `info` object.
+ * @param entries The packages.
+ * @returns The document (to `JSON.stringify`).
+ */
+export function pyodideLock(
+  info: Record<string, string>,
+  entries: LockEntry[],
+): { info: Record<string, string>; packages: Record<string, unknown> } {
+  const packages: Record<string, unknown> = {};
+  for (const entry of entries) {
+    packages[entry.name] = {
+      name: entry.name,
+      version: entry.version,
+      file_name: entry.fileName,
+      install_dir: "site",
+      package_type: "package",
+      imports: entry.imports,
+      depends: entry.depends,
+      sha256: entry.sha256,
+    };
+  }
+  return { info, packages };
+}
+
+/**
+ * The sha256 of some bytes, in hex (as a lock file lists it).
+ *
+ * @param data The bytes.
+ * @returns The hex digest.
+ */
+export async function sha256Hex(data: Uint8Array): Promise<string> {
+  const digest = await crypto.subtle.digest(
+    "SHA-256",
+    data as Uint8Array<ArrayBuffer>,
+  );
+  return [...new Uint8Array(digest)]
+    .map((b) => b.toString(16).padStart(2, "0")).join("");
+}

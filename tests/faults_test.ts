@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { PyodideSandbox } from "../mod.ts";
+import { commandLine, isAlive, processes, withSandbox } from "./_helpers.ts";
 
 /** Python that reports its process id, then waits. */
 const REPORT_PID_AND_WAIT =
@@ -26,32 +27,13 @@ function killOnPid(): { onStdout: (text: string) => void; pid: () => number } {
   };
 }
 
-function alive(pid: number): boolean {
-  try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    return !/^\d+ \(.*\) Z/.test(stat);
-  } catch {
-    return false;
-  }
-}
-
 /** Pids of this process's children whose command line contains `mark`. */
 function childrenMarked(mark: string): number[] {
-  const pids: number[] = [];
-  for (const entry of Deno.readDirSync("/proc")) {
-    if (!/^\d+$/.test(entry.name)) continue;
-    try {
-      const stat = Deno.readTextFileSync(`/proc/${entry.name}/stat`);
-      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-      const cmdline = Deno.readTextFileSync(`/proc/${entry.name}/cmdline`);
-      if (ppid === Deno.pid && cmdline.includes(mark)) {
-        pids.push(Number(entry.name));
-      }
-    } catch {
-      // Gone meanwhile.
-    }
-  }
-  return pids;
+  return processes()
+    .filter((p) =>
+      p.ppid === Deno.pid && (commandLine(p.pid) ?? "").includes(mark)
+    )
+    .map((p) => p.pid);
 }
 
 async function sha256(bytes: Uint8Array): Promise<string> {
@@ -66,8 +48,7 @@ async function sha256(bytes: Uint8Array): Promise<string> {
 }
 
 Deno.test("PyodideSandbox.execute() returns a crash error when its child is killed with SIGKILL mid-call", async () => {
-  const sandbox = new PyodideSandbox({ poolSize: 0 });
-  try {
+  await withSandbox({ poolSize: 0 }, async (sandbox) => {
     const killer = killOnPid();
     const started = performance.now();
     const result = await sandbox.execute(REPORT_PID_AND_WAIT, {
@@ -83,20 +64,17 @@ Deno.test("PyodideSandbox.execute() returns a crash error when its child is kill
     );
     assert.equal(result.stdout, `pid ${killer.pid()}\n`, "output so far kept");
     assert.ok(seconds < 30, `the call ended ${seconds.toFixed(1)} s later`);
-    assert.equal(alive(killer.pid()), false);
+    assert.equal(isAlive(killer.pid()), false);
 
     // The host and the sandbox are fine.
     const next = await sandbox.execute("6 * 7");
     assert.equal(next.status, "success");
     assert.equal(next.result, 42);
-  } finally {
-    await sandbox.close();
-  }
+  });
 });
 
 Deno.test("PyodideSession.execute() returns a crash error when the session's child is killed with SIGKILL, and the session is lost", async () => {
-  const sandbox = new PyodideSandbox({ poolSize: 0 });
-  try {
+  await withSandbox({ poolSize: 0 }, async (sandbox) => {
     const session = await sandbox.openSession();
     try {
       assert.equal((await session.execute("x = 5\nx")).result, 5);
@@ -118,17 +96,14 @@ Deno.test("PyodideSession.execute() returns a crash error when the session's chi
     } finally {
       await fresh.close();
     }
-  } finally {
-    await sandbox.close();
-  }
+  });
 });
 
 Deno.test("PyodideSandbox skips a pooled child that was killed with SIGKILL while idle", async () => {
   // A unique permission entry marks this sandbox's children on their
   // command line (other test files may run children in this process).
   const mark = `FAULTS_MARK_${crypto.randomUUID().replaceAll("-", "")}`;
-  const sandbox = new PyodideSandbox({ poolSize: 1, allowEnv: [mark] });
-  try {
+  await withSandbox({ poolSize: 1, allowEnv: [mark] }, async (sandbox) => {
     await sandbox.warmup();
     assert.equal(sandbox.poolSize, 1);
     const pids = childrenMarked(mark);
@@ -141,9 +116,7 @@ Deno.test("PyodideSandbox skips a pooled child that was killed with SIGKILL whil
     const result = await sandbox.execute("'still fine'");
     assert.equal(result.status, "success");
     assert.equal(result.result, "still fine");
-  } finally {
-    await sandbox.close();
-  }
+  });
 });
 
 Deno.test("PyodideSandbox repairs a damaged cache folder and rebuilds a corrupted snapshot (rebuilds cost seconds)", async () => {
@@ -226,8 +199,7 @@ Deno.test("PyodideSandbox gives a clear error, never a hang, for a cacheDir unde
       const expected = new RegExp(
         `^Cannot use the cache folder: ${cacheDir} is not a writable directory \\(.+\\); pass another \`cacheDir\`$`,
       );
-      const sandbox = new PyodideSandbox({ cacheDir, poolSize: 1 });
-      try {
+      await withSandbox({ cacheDir, poolSize: 1 }, async (sandbox) => {
         const started = performance.now();
         await assert.rejects(
           sandbox.execute("1"),
@@ -248,9 +220,7 @@ Deno.test("PyodideSandbox gives a clear error, never a hang, for a cacheDir unde
         const seconds = (performance.now() - started) / 1000;
         assert.ok(seconds < 30, `failing took ${seconds.toFixed(1)} s`);
         assert.equal(sandbox.poolSize, 0);
-      } finally {
-        await sandbox.close();
-      }
+      });
     }
     assert.equal(await Deno.readTextFile(file), "", "the file is untouched");
   } finally {

@@ -11,36 +11,11 @@
 
 import assert from "node:assert/strict";
 import type { CodeExecutionResult, SandboxOptions } from "../mod.ts";
-import {
-  type EvilSandbox,
-  evilSandbox,
-  frame,
-  type Op,
-  RESULT,
-  runHost,
-  script,
-} from "./_evil.ts";
-import { assertNoDenoChildren, assertSuccess } from "./_helpers.ts";
+import { frame, type Op, RESULT, runHost, script, withEvil } from "./_evil.ts";
+import { assertSuccess } from "./_helpers.ts";
 
 const VIOLATION = "The sandbox process crashed: protocol violation: ";
 const MiB = 1024 * 1024;
-
-async function withEvil(
-  options: SandboxOptions,
-  fn: (sandbox: EvilSandbox) => Promise<void>,
-): Promise<void> {
-  const sandbox = evilSandbox(options);
-  try {
-    await fn(sandbox);
-    // Contained: the same sandbox still runs an honest call.
-    const after = await sandbox.execute(script(RESULT));
-    assertSuccess(after);
-    assert.equal(after.result, 1);
-  } finally {
-    await sandbox.close();
-  }
-  await assertNoDenoChildren("after the hostile child's calls");
-}
 
 function assertViolation(r: CodeExecutionResult, what: string): void {
   assert.equal(r.status, "error", `${what}: ${JSON.stringify(r.error)}`);

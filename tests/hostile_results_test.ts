@@ -10,35 +10,17 @@
 import assert from "node:assert/strict";
 import type { CodeExecutionResult, SandboxOptions } from "../mod.ts";
 import {
-  type EvilSandbox,
   evilSandbox,
   filesFrame,
   frame,
   type Op,
   RESULT,
   script,
+  withEvil,
 } from "./_evil.ts";
-import {
-  assertNoDenoChildren,
-  assertSuccess,
-  withTempDir,
-} from "./_helpers.ts";
+import { assertSuccess, withTempDir } from "./_helpers.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
-
-async function withEvil(
-  options: SandboxOptions,
-  fn: (sandbox: EvilSandbox) => Promise<void>,
-): Promise<void> {
-  const sandbox = evilSandbox(options);
-  try {
-    await fn(sandbox);
-    assertSuccess(await sandbox.execute(script(RESULT)));
-  } finally {
-    await sandbox.close();
-  }
-  await assertNoDenoChildren("after the hostile child's calls");
-}
 
 function linesStarting(r: CodeExecutionResult, prefix: string): string[] {
   return r.stderr.split("\n").filter((l) => l.startsWith(prefix));

@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { PyodideSandbox, SessionError } from "../sandbox.ts";
+import { PyodideSandbox, SessionError } from "../mod.ts";
 import { SyncPyodideSandbox } from "../sync_sandbox.ts";
 import { isRunning, sandboxChildren, waitFor } from "./_fixtures/procs.ts";
 import { TEST_DENO } from "./_fixtures/procs.ts";

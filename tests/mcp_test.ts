@@ -18,6 +18,7 @@ import {
   tool,
   type ToolResult,
 } from "./_mcp.ts";
+import { liveRedisServers, startRedis } from "./_redis.ts";
 
 const MCP_TS = fileURLToPath(new URL("../mcp.ts", import.meta.url));
 const TOKEN = "mcp-test-token-0123456789";
@@ -412,4 +413,79 @@ Deno.test("mcp.ts --http refuses a non-loopback hostname without a token", async
     new TextDecoder().decode(out.stderr),
     /Refusing to listen on 0\.0\.0\.0 without a token/,
   );
+});
+
+Deno.test("mcp.ts --http --session-store refuses to start without --session-secret and hides the password", async () => {
+  const run = async (extra: string[]) => {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", MCP_TS, "--http", "--port", "0", ...extra],
+      env: stdioEnv(),
+      clearEnv: true,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    return { code: out.code, text: new TextDecoder().decode(out.stderr) };
+  };
+  const refused = await run(["--session-store", "redis://:pw-hidden-77@h:1"]);
+  assert.equal(refused.code, 2);
+  assert.match(refused.text, /without --session-secret.*--insecure-store/);
+  assert.doesNotMatch(refused.text, /pw-hidden-77/);
+  const stray = await run(["--session-checkpoint-seconds", "5"]);
+  assert.equal(stray.code, 2);
+  assert.match(stray.text, /only applies with --session-store/);
+});
+
+Deno.test("two mcp.ts --http replicas share one create_session session through Redis", async () => {
+  const redis = await startRedis({ password: "mcp-redis-pw-42" });
+  const secret = { SANDBOX_SESSION_SECRET: "mcp-replica-secret-0123456789" };
+  const dirs = await Promise.all(
+    [0, 1].map(() => Deno.makeTempDir({ prefix: "mcp-replica-" })),
+  );
+  const servers = await Promise.all(dirs.map((dir) =>
+    startMcpHttp(MCP_TS, [
+      ...["--pool-size", "0", "--cache-dir", dir, "--timeout", "120"],
+      ...["--session-store", redis.url],
+    ], secret)
+  ));
+  const clients = servers.map(() =>
+    new Client({ name: "mcp-replica-test", version: "1.0.0" })
+  );
+  try {
+    await Promise.all(
+      clients.map((c, i) =>
+        c.connect(new StreamableHTTPClientTransport(servers[i].url))
+      ),
+    );
+    const [a, b] = clients;
+    const created = await tool(a, "create_session");
+    const id = created.structuredContent?.session_id as string;
+    assert.match(id, /^[0-9a-f-]{36}$/);
+    const step = async (c: Client, code: string) => {
+      const r = await tool(c, "run_python", { code, session_id: id });
+      assert.notEqual(r.isError, true, JSON.stringify(r));
+      return r.structuredContent?.result;
+    };
+    assert.equal(await step(a, "x = 20\ndef f(y):\n    return y + 1\nx"), 20);
+    assert.equal(await step(b, "x = f(x)\nx"), 21);
+    assert.equal(await step(a, "x += 1\nx"), 22);
+    assert.equal(await step(b, "f(x)"), 23);
+    const closed = await tool(b, "close_session", { session_id: id });
+    assert.notEqual(closed.isError, true, JSON.stringify(closed));
+    const gone = await tool(a, "run_python", { code: "x", session_id: id });
+    assert.equal(gone.isError, true);
+    assert.match(texts(gone).join("\n"), /Unknown session/);
+    for (const server of servers) {
+      server.process.kill("SIGTERM");
+      assert.equal((await server.process.status).code, 0);
+      const stderr = await server.stderr;
+      assert.match(stderr, /Session store: redis:\/\/:\*\*\*@127\.0\.0\.1/);
+      assert.doesNotMatch(stderr, /mcp-redis-pw-42|mcp-replica-secret/);
+    }
+  } finally {
+    await Promise.all(clients.map((c) => c.close().catch(() => {})));
+    await Promise.all(servers.map((s) => s.stop()));
+    await Promise.all(dirs.map((d) => Deno.remove(d, { recursive: true })));
+    await redis.close();
+  }
+  assert.deepEqual(liveRedisServers(), []);
 });

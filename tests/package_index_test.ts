@@ -23,10 +23,11 @@ import {
   WheelCache,
 } from "../_wheel_cache.ts";
 import { PYODIDE_VERSION } from "../runner.ts";
-import { buildWheel } from "./_wheel.ts";
+import { buildWheel, pyodideLock } from "./_wheel.ts";
 import {
   assertNoDenoChildren,
   moduleTempDir,
+  startFileServer,
   TEST_DENO_PATH,
   withTempDir,
 } from "./_helpers.ts";
@@ -69,58 +70,43 @@ async function startCdn(
     [HELPER.fileName]: HELPER.data,
     ...options.serve,
   };
-  const hits = new Map<string, number>();
-  const server = Deno.serve(
-    { hostname: "127.0.0.1", port: 0, onListen() {} },
-    (request) => {
-      const path = new URL(request.url).pathname;
-      hits.set(path, (hits.get(path) ?? 0) + 1);
-      const name = path.split("/").pop()!;
-      const file = files[name];
-      if (typeof file === "number") return new Response("no", { status: file });
-      if (!file) return new Response("not found", { status: 404 });
-      return new Response(file as Uint8Array<ArrayBuffer>);
-    },
-  );
+  const server = startFileServer((path) => {
+    const file = files[path.split("/").pop()!];
+    if (typeof file === "number") return new Response("no", { status: file });
+    return file as Uint8Array<ArrayBuffer> | undefined;
+  });
   const lockData = {
     fancy: FANCY.data,
     helper: HELPER.data,
     ...options.lockData,
   };
-  const lock = {
-    info: { arch: "wasm32", python: "3.14.2" },
-    packages: {
-      "fancy-lib": {
-        name: "fancy-lib",
-        version: "1.2.3",
-        file_name: FANCY.fileName,
-        install_dir: "site",
-        package_type: "package",
-        imports: ["fancy"],
-        depends: ["helper-dep"],
-        sha256: await sha256Bytes(lockData.fancy),
-      },
-      "helper-dep": {
-        name: "helper-dep",
-        version: "2.0.1",
-        file_name: HELPER.fileName,
-        install_dir: "site",
-        package_type: "package",
-        imports: ["helperdep"],
-        depends: [],
-        sha256: await sha256Bytes(lockData.helper),
-      },
-    },
-  };
+  const lock = pyodideLock({ arch: "wasm32", python: "3.14.2" }, [{
+    name: "fancy-lib",
+    version: "1.2.3",
+    fileName: FANCY.fileName,
+    imports: ["fancy"],
+    depends: ["helper-dep"],
+    sha256: await sha256Bytes(lockData.fancy),
+  }, {
+    name: "helper-dep",
+    version: "2.0.1",
+    fileName: HELPER.fileName,
+    imports: ["helperdep"],
+    depends: [],
+    sha256: await sha256Bytes(lockData.helper),
+  }]);
   const lockPath = join(dir, "pyodide-lock.json");
   await Deno.writeTextFile(lockPath, JSON.stringify(lock));
   return {
-    base:
-      `http://127.0.0.1:${server.addr.port}/pyodide/v${PYODIDE_VERSION}/full/`,
+    base: `${server.url}/pyodide/v${PYODIDE_VERSION}/full/`,
     lockPath,
-    hits,
-    total: () => [...hits.values()].reduce((a, b) => a + b, 0),
-    close: () => server.shutdown(),
+    get hits() {
+      const hits = new Map<string, number>();
+      for (const path of server.hits) hits.set(path, (hits.get(path) ?? 0) + 1);
+      return hits;
+    },
+    total: () => server.hits.length,
+    close: server.close,
   };
 }
 

@@ -9,13 +9,15 @@
 
 import assert from "node:assert/strict";
 import { PyodideSandbox } from "../mod.ts";
-import { buildWheel } from "./_wheel.ts";
+import { buildWheel, pyodideLock, sha256Hex } from "./_wheel.ts";
 import { distrustPreload } from "../_snapshot.ts";
 import {
   assertDenied,
   assertNoDenoChildren,
   PROBE_PY,
+  startFileServer,
   TEST_DENO_PATH,
+  withSandbox,
   withTempDir,
 } from "./_helpers.ts";
 
@@ -31,45 +33,33 @@ const FANCY = buildWheel("fancy-lib", "1.2.3", {
     "import helperdep\n\ndef answer():\n    return helperdep.VALUE + 2\n",
 }, ["helper-dep>=2"]);
 
-async function sha256(data: Uint8Array): Promise<string> {
-  const digest = await crypto.subtle.digest(
-    "SHA-256",
-    data as Uint8Array<ArrayBuffer>,
-  );
-  return [...new Uint8Array(digest)]
-    .map((b) => b.toString(16).padStart(2, "0")).join("");
-}
-
 /** A `pyodide-lock.json` listing FANCY and HELPER. */
 async function lockFile(
   options: { wrongSha?: boolean } = {},
 ): Promise<string> {
-  const fancySha = options.wrongSha ? "0".repeat(64) : await sha256(FANCY.data);
-  return JSON.stringify({
-    info: { arch: "wasm32", platform: "emscripten_4_0_9", version: "0.0.0" },
-    packages: {
-      "fancy-lib": {
+  const fancySha = options.wrongSha
+    ? "0".repeat(64)
+    : await sha256Hex(FANCY.data);
+  return JSON.stringify(
+    pyodideLock(
+      { arch: "wasm32", platform: "emscripten_4_0_9", version: "0.0.0" },
+      [{
         name: "fancy-lib",
         version: "1.2.3",
-        file_name: FANCY.fileName,
-        install_dir: "site",
-        package_type: "package",
+        fileName: FANCY.fileName,
         imports: ["fancy"],
         depends: ["helper-dep"],
         sha256: fancySha,
-      },
-      "helper-dep": {
+      }, {
         name: "helper-dep",
         version: "2.0.1",
-        file_name: HELPER.fileName,
-        install_dir: "site",
-        package_type: "package",
+        fileName: HELPER.fileName,
         imports: ["helperdep"],
         depends: [],
-        sha256: await sha256(HELPER.data),
-      },
-    },
-  });
+        sha256: await sha256Hex(HELPER.data),
+      }],
+    ),
+  );
 }
 
 async function writeWheels(dir: string, lock?: string): Promise<void> {
@@ -90,13 +80,12 @@ print("answer", fancy.sub.answer())
 Deno.test("PyodideSandbox installs detected imports from a packageDir of wheels without a lock file, dependencies included, and keeps them in session state", async () => {
   await withTempDir(async (dir) => {
     await writeWheels(dir);
-    const sandbox = new PyodideSandbox({
+    await withSandbox({
       poolSize: 0,
       denoPath: TEST_DENO_PATH,
       packageDir: dir,
       stateful: true,
-    });
-    try {
+    }, async (sandbox) => {
       // The distribution name (fancy-lib) differs from the import name
       // (fancy); the code imports a submodule; helper-dep comes from
       // Requires-Dist only.
@@ -135,9 +124,7 @@ Deno.test("PyodideSandbox installs detected imports from a packageDir of wheels 
         second.sessionMetadata?.packages,
         ["fancy-lib==1.2.3", "helper-dep==2.0.1"],
       );
-    } finally {
-      await sandbox.close();
-    }
+    });
   });
   await assertNoDenoChildren("after the packageDir test");
 });
@@ -250,22 +237,13 @@ function startIndex(files: Record<string, Uint8Array | string>): {
   hits: string[];
   close: () => Promise<void>;
 } {
-  const hits: string[] = [];
-  const server = Deno.serve(
-    { hostname: "127.0.0.1", port: 0, onListen() {} },
-    (request) => {
-      const path = new URL(request.url).pathname;
-      hits.push(path);
-      const body = files[path.slice(1)];
-      return body === undefined
-        ? new Response("not found", { status: 404 })
-        : new Response(body as BodyInit);
-    },
+  const server = startFileServer((path) =>
+    files[path.slice(1)] as BodyInit | undefined
   );
   return {
-    url: `http://127.0.0.1:${server.addr.port}/simple/`,
-    hits,
-    close: () => server.shutdown(),
+    url: `${server.url}/simple/`,
+    hits: server.hits,
+    close: server.close,
   };
 }
 
@@ -494,8 +472,7 @@ Deno.test("PyodideSandbox preload: pooled calls and sessions start from a snapsh
     bytes[bytes.length >> 1] ^= 0xff;
     await Deno.writeFile(path, bytes);
     distrustPreload(path);
-    const again = new PyodideSandbox({ ...options, poolSize: 0 });
-    try {
+    await withSandbox({ ...options, poolSize: 0 }, async (again) => {
       const result = await again.execute(probe, { timeoutSeconds: 120 });
       assert.equal(result.status, "success", JSON.stringify(result.error));
       assert.deepEqual(result.result, [[true, true], true, 40]);
@@ -503,40 +480,32 @@ Deno.test("PyodideSandbox preload: pooled calls and sessions start from a snapsh
       const rebuilt = await Deno.readFile(path);
       assert.notDeepEqual(rebuilt, bytes, "the corrupted file was replaced");
       assert.equal(record.size, rebuilt.length);
-    } finally {
-      await again.close();
-    }
+    });
 
     // Another package set (or another wheel) is another snapshot.
-    const other = new PyodideSandbox({
+    await withSandbox({
       ...options,
       poolSize: 0,
       preload: ["fancy-lib"],
-    });
-    try {
+    }, async (other) => {
       const result = await other.execute(
         "import sys\n['counted' in sys.modules, 'fancy' in sys.modules]",
         { timeoutSeconds: 120 },
       );
       assert.deepEqual(result.result, [false, true]);
       assert.equal((await preloadFiles(cacheDir)).length, 2);
-    } finally {
-      await other.close();
-    }
+    });
 
     // A preload that cannot be found fails calls with kind install.
-    const missing = new PyodideSandbox({
+    await withSandbox({
       ...options,
       poolSize: 0,
       preload: ["no-such-dist"],
-    });
-    try {
+    }, async (missing) => {
       const result = await missing.execute("1", { timeoutSeconds: 120 });
       assert.equal(result.error?.kind, "install", JSON.stringify(result.error));
       assert.ok(result.error!.message.includes('"no-such-dist"'));
-    } finally {
-      await missing.close();
-    }
+    });
   });
   await assertNoDenoChildren("after the preload test");
 });

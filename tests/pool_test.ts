@@ -1,44 +1,36 @@
 /**
- * Behaviour of the warm pool, the FIFO queue and closing (issue 3), with
- * real children.
+ * Behaviour of the warm pool (issue 3), with real children: warm-up, fresh
+ * processes, refills, per-call memory limits, session bytes, and the pool's
+ * first fill racing the first call and `close()`.
  */
 
 import assert from "node:assert/strict";
-import { fileURLToPath } from "node:url";
 import { PyodideSandbox } from "../sandbox.ts";
-import {
-  isRunning,
-  processesInSession,
-  sandboxChildren,
-  waitFor,
-} from "./_fixtures/procs.ts";
+import { isRunning, sandboxChildren, waitFor } from "./_fixtures/procs.ts";
 import { TEST_DENO } from "./_fixtures/procs.ts";
+import { withSandbox } from "./_helpers.ts";
 
 /** The pid of the process that ran the code, plus whatever else it returns. */
 const PID = "import js\n";
 
 Deno.test("PyodideSandbox.warmup() starts poolSize children that wait for work", async () => {
-  const sandbox = new PyodideSandbox({
+  await withSandbox({
     denoPath: TEST_DENO,
     poolSize: 2,
-  });
-  try {
+  }, async (sandbox) => {
     assert.deepEqual(sandboxChildren(), [], "no child before the first use");
     await sandbox.warmup();
     assert.equal(sandbox.poolSize, 2);
     assert.equal(sandboxChildren().length, 2);
-  } finally {
-    await sandbox.close();
-  }
+  });
   assert.deepEqual(sandboxChildren(), []);
 });
 
 Deno.test("PyodideSandbox pooled calls each get a fresh interpreter in a fresh process", async () => {
-  const sandbox = new PyodideSandbox({
+  await withSandbox({
     denoPath: TEST_DENO,
     poolSize: 2,
-  });
-  try {
+  }, async (sandbox) => {
     await sandbox.warmup();
     const pooled = sandboxChildren();
     assert.equal(pooled.length, 2);
@@ -73,17 +65,14 @@ Deno.test("PyodideSandbox pooled calls each get a fresh interpreter in a fresh p
     assert.equal(hasFile, false, "a file leaked into the next call");
     assert.notEqual(secondPid, firstPid);
     assert.ok(pooled.includes(secondPid), "the second call used the pool too");
-  } finally {
-    await sandbox.close();
-  }
+  });
 });
 
 Deno.test("PyodideSandbox refills the pool in the background after a call", async () => {
-  const sandbox = new PyodideSandbox({
+  await withSandbox({
     denoPath: TEST_DENO,
     poolSize: 1,
-  });
-  try {
+  }, async (sandbox) => {
     await sandbox.warmup();
     const [pooled] = sandboxChildren();
     const result = await sandbox.execute(PID + "js.Deno.pid");
@@ -96,17 +85,14 @@ Deno.test("PyodideSandbox refills the pool in the background after a call", asyn
       "a replacement child was started",
     );
     assert.equal(sandbox.poolSize, 1);
-  } finally {
-    await sandbox.close();
-  }
+  });
 });
 
 Deno.test("PyodideSandbox with poolSize 0 keeps no child between calls", async () => {
-  const sandbox = new PyodideSandbox({
+  await withSandbox({
     denoPath: TEST_DENO,
     poolSize: 0,
-  });
-  try {
+  }, async (sandbox) => {
     const result = await sandbox.execute("1 + 1");
     assert.equal(result.result, 2);
     assert.equal(sandbox.poolSize, 0);
@@ -115,9 +101,7 @@ Deno.test("PyodideSandbox with poolSize 0 keeps no child between calls", async (
       await waitFor(() => sandboxChildren().length === 0, 5_000),
       `children left: ${sandboxChildren()}`,
     );
-  } finally {
-    await sandbox.close();
-  }
+  });
 });
 
 Deno.test("PyodideSandbox runs a call with its own memoryLimitMb in a child started with that limit, not a pooled one", async () => {
@@ -155,286 +139,12 @@ Deno.test("PyodideSandbox runs a call with its own memoryLimitMb in a child star
   }
 });
 
-Deno.test("PyodideSandbox with maxConcurrency 1 runs queued calls in FIFO order", async () => {
-  const sandbox = new PyodideSandbox({
-    denoPath: TEST_DENO,
-    poolSize: 0,
-    maxConcurrency: 1,
-  });
-  try {
-    const finished: number[] = [];
-    const calls = [0, 1, 2].map((i) =>
-      sandbox.execute(`print(${i})\n${i}`).then((r) => {
-        finished.push(i);
-        return r;
-      })
-    );
-    assert.equal(sandbox.queueLength, 2, "two calls wait behind the first");
-    const results = await Promise.all(calls);
-    assert.deepEqual(finished, [0, 1, 2]);
-    results.forEach((r, i) => {
-      assert.equal(r.status, "success", r.stderr);
-      assert.equal(r.stdout, `${i}\n`);
-      assert.equal(r.result, i);
-    });
-    assert.equal(sandbox.queueLength, 0);
-  } finally {
-    await sandbox.close();
-  }
-});
-
-Deno.test("PyodideSandbox returns a timeout for a queued call whose timeout expires while it waits", async () => {
-  const sandbox = new PyodideSandbox({
-    denoPath: TEST_DENO,
-    poolSize: 0,
-    maxConcurrency: 1,
-  });
-  try {
-    const order: string[] = [];
-    const slow = sandbox.execute("import time\ntime.sleep(4)\n'slow'", {
-      timeoutSeconds: 60,
-    }).then((r) => {
-      order.push("slow");
-      return r;
-    });
-    const queued = sandbox.execute("'never ran'", { timeoutSeconds: 0.5 })
-      .then((r) => {
-        order.push("queued");
-        return r;
-      });
-    const after = sandbox.execute("'after'", { timeoutSeconds: 60 });
-    assert.equal(sandbox.queueLength, 2);
-
-    const timedOut = await queued;
-    assert.equal(timedOut.status, "error");
-    assert.equal(timedOut.error?.kind, "timeout");
-    assert.equal(timedOut.result, null);
-    assert.match(timedOut.error!.message, /timed out/);
-    assert.deepEqual(
-      order,
-      ["queued"],
-      "the queued call did not wait its turn",
-    );
-    assert.equal(sandbox.queueLength, 1, "the expired call left the queue");
-
-    const slowResult = await slow;
-    assert.equal(slowResult.result, "slow", slowResult.stderr);
-    const afterResult = await after;
-    assert.equal(afterResult.result, "after", "the queue still works");
-  } finally {
-    await sandbox.close();
-  }
-});
-
-Deno.test("PyodideSandbox returns each of 16 concurrent calls its own output", async () => {
-  const sandbox = new PyodideSandbox({
-    denoPath: TEST_DENO,
-    poolSize: 2,
-    maxConcurrency: 4,
-  });
-  try {
-    const results = await Promise.all(
-      Array.from({ length: 16 }, (_, i) =>
-        sandbox.execute(
-          PID +
-            `import sys\nprint("out ${i}")\nprint("err ${i}", file=sys.stderr)\n` +
-            `v = ${i}\n[v, v * v, js.Deno.pid]`,
-        )),
-    );
-    const pids = new Set<number>();
-    results.forEach((r, i) => {
-      assert.equal(r.status, "success", r.stderr);
-      assert.equal(r.stdout, `out ${i}\n`);
-      assert.equal(r.stderr, `err ${i}\n`);
-      const [v, square, pid] = r.result as number[];
-      assert.deepEqual([v, square], [i, i * i]);
-      pids.add(pid);
-    });
-    assert.equal(pids.size, 16, "every call ran in its own process");
-  } finally {
-    await sandbox.close();
-  }
-});
-
-Deno.test("PyodideSandbox.close() stops pooled and running children and settles the running call", async () => {
-  const sandbox = new PyodideSandbox({
-    denoPath: TEST_DENO,
-    poolSize: 2,
-  });
-  await sandbox.warmup();
-  let started!: () => void;
-  const running = new Promise<void>((resolve) => started = resolve);
-  const call = sandbox.execute(
-    "print('started', flush=True)\nwhile True:\n    pass",
-    {
-      timeoutSeconds: 120,
-      onStdout: (text) => {
-        if (text.includes("started")) started();
-      },
-    },
-  ).then((r) => r, (e) => e);
-  await running;
-  const before = sandboxChildren();
-  assert.ok(before.length >= 2, `expected pooled + running, got ${before}`);
-
-  await sandbox.close();
-  assert.deepEqual(sandboxChildren(), [], "children survived close()");
-  for (const pid of before) assert.ok(!isRunning(pid), `${pid} still runs`);
-  const settled = await call;
-  if (!(settled instanceof Error)) {
-    assert.equal(settled.status, "error", "an endless loop cannot succeed");
-  }
-  await assert.rejects(
-    () => sandbox.execute("1"),
-    /closed/,
-    "a closed sandbox takes no more calls",
-  );
-  assert.equal(sandbox.poolSize, 0);
-});
-
-Deno.test("PyodideSandbox.close() rejects calls still queued and starts no child after it", async () => {
-  const sandbox = new PyodideSandbox({
-    denoPath: TEST_DENO,
-    poolSize: 0,
-    maxConcurrency: 1,
-  });
-  let started!: () => void;
-  const running = new Promise<void>((resolve) => started = resolve);
-  const first = sandbox.execute(
-    "print('started', flush=True)\nwhile True:\n    pass",
-    { onStdout: () => started() },
-  ).then((r) => r, (e) => e);
-  let ran = false;
-  const queued = sandbox.execute("print('ran')", {
-    onStdout: () => ran = true,
-  }).then((r) => r, (e) => e);
-  assert.equal(sandbox.queueLength, 1);
-  await running;
-  await sandbox.close();
-  const [firstSettled, queuedSettled] = await Promise.all([first, queued]);
-  assert.ok(
-    firstSettled instanceof Error || firstSettled.status === "error",
-    "the running call was stopped",
-  );
-  assert.ok(queuedSettled instanceof Error, "the queued call was not refused");
-  assert.match(queuedSettled.message, /closed/);
-  assert.equal(ran, false, "the queued call ran after close()");
-  assert.deepEqual(sandboxChildren(), []);
-});
-
-Deno.test("PyodideSandbox rejects a queued call aborted while it waits, and the queue goes on", async () => {
-  const sandbox = new PyodideSandbox({
-    denoPath: TEST_DENO,
-    poolSize: 0,
-    maxConcurrency: 1,
-  });
-  try {
-    const slow = sandbox.execute("import time\ntime.sleep(2)\n'slow'");
-    const controller = new AbortController();
-    let ran = false;
-    const aborted = sandbox.execute("print('ran')", {
-      signal: controller.signal,
-      onStdout: () => ran = true,
-    });
-    const after = sandbox.execute("'after'");
-    assert.equal(sandbox.queueLength, 2);
-    const reason = new Error("caller gave up");
-    controller.abort(reason);
-    await assert.rejects(aborted, (e) => e === reason);
-    assert.equal(sandbox.queueLength, 1);
-    assert.equal((await slow).result, "slow");
-    assert.equal((await after).result, "after");
-    assert.equal(ran, false);
-  } finally {
-    await sandbox.close();
-  }
-});
-
-Deno.test("PyodideSandbox closes children started by a warmup() that close() interrupts", async () => {
-  const sandbox = new PyodideSandbox({
-    denoPath: TEST_DENO,
-    poolSize: 2,
-  });
-  const warming = sandbox.warmup().then(() => "ready", (e) => e);
-  await sandbox.close();
-  await warming;
-  assert.deepEqual(sandboxChildren(), []);
-  // Nothing is started later either.
-  await new Promise((resolve) => setTimeout(resolve, 500));
-  assert.deepEqual(sandboxChildren(), []);
-});
-
-Deno.test("PyodideSandbox is closed by await using at the end of the block", async () => {
-  let pooled: number[];
-  {
-    await using sandbox = new PyodideSandbox({
-      denoPath: TEST_DENO,
-      poolSize: 1,
-    });
-    await sandbox.warmup();
-    pooled = sandboxChildren();
-    assert.equal(pooled.length, 1);
-    const result = await sandbox.execute("'inside'");
-    assert.equal(result.result, "inside");
-  }
-  assert.deepEqual(sandboxChildren(), []);
-  for (const pid of pooled) assert.ok(!isRunning(pid));
-});
-
-Deno.test("a script that uses a pooled sandbox and never closes it exits promptly and leaves no process", async () => {
-  const script = fileURLToPath(
-    new URL("./_fixtures/forget_close.ts", import.meta.url),
-  );
-  const child = new Deno.Command("setsid", {
-    args: [Deno.execPath(), "run", "-A", "--no-lock", script],
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const bound = 20_000;
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const outcome = await Promise.race([
-    child.output(),
-    new Promise<"hung">((resolve) => {
-      timer = setTimeout(() => resolve("hung"), bound);
-    }),
-  ]);
-  clearTimeout(timer);
-  if (outcome === "hung") {
-    child.kill("SIGKILL");
-    await child.output();
-    // Leave nothing behind for the next test either.
-    const stray = processesInSession(child.pid);
-    for (const pid of stray) Deno.kill(pid, "SIGKILL");
-    assert.fail(`the script did not exit within ${bound / 1000} s`);
-  }
-  const stderr = new TextDecoder().decode(outcome.stderr);
-  assert.equal(outcome.code, 0, stderr);
-  const report = JSON.parse(new TextDecoder().decode(outcome.stdout)) as {
-    stdout: string;
-    sid: number;
-    children: number[];
-    poolSize: number;
-  };
-  assert.equal(report.stdout, "42\n");
-  assert.ok(
-    report.children.length > 0,
-    "the pool had children when the script ended (the test proves nothing otherwise)",
-  );
-  // Children notice stdin EOF and end themselves; allow them a moment.
-  assert.ok(
-    await waitFor(() => processesInSession(report.sid).length === 0, 5_000),
-    `processes left behind: ${processesInSession(report.sid)}`,
-  );
-  for (const pid of report.children) assert.ok(!isRunning(pid));
-});
-
 Deno.test("PyodideSandbox stateful execute with sessionBytes still works with the pool on", async () => {
-  const sandbox = new PyodideSandbox({
+  await withSandbox({
     denoPath: TEST_DENO,
     poolSize: 1,
     stateful: true,
-  });
-  try {
+  }, async (sandbox) => {
     await sandbox.warmup();
     const pooled = sandboxChildren();
     const first = await sandbox.execute(
@@ -457,9 +167,7 @@ Deno.test("PyodideSandbox stateful execute with sessionBytes still works with th
 
     const fresh = await sandbox.execute("'x' in globals()");
     assert.equal(fresh.result, false, "a call without bytes starts fresh");
-  } finally {
-    await sandbox.close();
-  }
+  });
 });
 
 /**
@@ -539,12 +247,11 @@ Deno.test("PyodideSandbox's first call on a fresh default sandbox runs before th
 
 Deno.test("PyodideSandbox gives a call that arrives during warmup() a pooled child and still fills the pool", async () => {
   await withCache(async (cacheDir) => {
-    const sandbox = new PyodideSandbox({
+    await withSandbox({
       denoPath: TEST_DENO,
       cacheDir,
       poolSize: 2,
-    });
-    try {
+    }, async (sandbox) => {
       const warming = sandbox.warmup();
       assert.ok(
         await waitFor(
@@ -563,9 +270,7 @@ Deno.test("PyodideSandbox gives a call that arrives during warmup() a pooled chi
         `the pool did not fill: ${sandboxChildren()}`,
       );
       assert.equal(sandbox.poolSize, 2);
-    } finally {
-      await sandbox.close();
-    }
+    });
     assert.deepEqual(sandboxChildren(), [], "children left after close()");
   });
 });
@@ -610,13 +315,12 @@ Deno.test("PyodideSandbox.close() while the first call's child loads ends the ca
 
 Deno.test("PyodideSandbox's memory watchdog still ends a pooled child that waited idle and then outgrows its limit", async () => {
   await withCache(async (cacheDir) => {
-    const sandbox = new PyodideSandbox({
+    await withSandbox({
       denoPath: TEST_DENO,
       cacheDir,
       poolSize: 1,
       memoryLimitMb: 64,
-    });
-    try {
+    }, async (sandbox) => {
       await sandbox.warmup();
       // Idle for a while: the watchdog of a waiting one-shot child rests.
       await new Promise((r) => setTimeout(r, 500));
@@ -634,9 +338,7 @@ Deno.test("PyodideSandbox's memory watchdog still ends a pooled child that waite
         await waitFor(() => !isRunning(pooled), 10_000),
         "the pooled child was ended",
       );
-    } finally {
-      await sandbox.close();
-    }
+    });
     assert.deepEqual(sandboxChildren(), [], "children left after close()");
   });
 });

@@ -1,128 +1,32 @@
 // Issue 12: several server.ts replicas (separate processes, separate
 // cacheDirs, free loopback ports) sharing sessions through one real Redis.
 import assert from "node:assert/strict";
-import { Redis } from "ioredis";
-import { childrenOf, isRunning } from "./_fixtures/procs.ts";
+import { childrenOf } from "./_fixtures/procs.ts";
 import { eventually } from "./_helpers.ts";
+import { SERVER_TS, serverEnv, withIdleHandler } from "./_http_helpers.ts";
 import {
-  readUntil,
-  SERVER_TS,
-  serverEnv,
-  withIdleHandler,
-} from "./_http_helpers.ts";
+  leaseKeys,
+  ok,
+  redisKeys,
+  Replica,
+  REPLICA_SECRET,
+  storedVersion,
+  withRedisClient,
+} from "./_replicas.ts";
 import { createHandler } from "../handler.ts";
+import { sessionBaseOf } from "../_session_bytes.ts";
 import { redisSessionStore } from "../server.ts";
 import { liveRedisServers, startRedis, type TestRedis } from "./_redis.ts";
 
-const SECRET = "replica-test-secret-0123456789";
-
-/** One server.ts process using the store. */
-class Replica {
-  readonly child: Deno.ChildProcess;
-  readonly stderr: Promise<string>;
-  readonly cacheDir: string;
-  base = "";
-  children: number[] = [];
-
-  constructor(child: Deno.ChildProcess, cacheDir: string) {
-    this.child = child;
-    this.cacheDir = cacheDir;
-    this.stderr = new Response(child.stderr).text();
-  }
-
-  static async start(url: string, extra: string[] = []): Promise<Replica> {
-    const cacheDir = await Deno.makeTempDir({ prefix: "sandbox-replica-" });
-    const child = new Deno.Command(Deno.execPath(), {
-      args: [
-        ...["run", "-A", SERVER_TS, "--port", "0", "--pool-size", "0"],
-        ...["--cache-dir", cacheDir, "--timeout", "120"],
-        ...["--session-store", url, ...extra],
-      ],
-      env: serverEnv({ SANDBOX_SESSION_SECRET: SECRET }),
-      clearEnv: true,
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const replica = new Replica(child, cacheDir);
-    const m = await readUntil(
-      child.stdout,
-      /listening on http:\/\/127\.0\.0\.1:(\d+)\//,
-    );
-    replica.base = `http://127.0.0.1:${m[1]}`;
-    return replica;
-  }
-
-  async post(path: string, body?: unknown): Promise<Response> {
-    return await fetch(`${this.base}${path}`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-  }
-
-  async step(id: string, code: string): Promise<Record<string, unknown>> {
-    const r = await this.post(`/v1/sessions/${id}/execute`, { code });
-    const text = await r.text();
-    assert.equal(r.status, 200, text);
-    this.children = [
-      ...new Set([...this.children, ...childrenOf(this.child.pid)]),
-    ];
-    return JSON.parse(text);
-  }
-
-  async get(path: string): Promise<Record<string, unknown>> {
-    const r = await fetch(`${this.base}${path}`);
-    return { status: r.status, ...(await r.json()) };
-  }
-
-  /** SIGTERM, exit 0, every child gone, folder removed. */
-  async stop(): Promise<void> {
-    this.children.push(...childrenOf(this.child.pid));
-    try {
-      this.child.kill("SIGTERM");
-    } catch {
-      // Already gone.
-    }
-    const status = await this.child.status;
-    await this.child.stdout.cancel().catch(() => {});
-    const stderr = await this.stderr;
-    await eventually(
-      "every child of the replica to end",
-      () => this.children.every((pid) => !isRunning(pid)),
-      20,
-    );
-    await Deno.remove(this.cacheDir, { recursive: true });
-    if (status.signal !== "SIGKILL") assert.equal(status.code, 0, stderr);
-    assert.doesNotMatch(stderr, new RegExp(SECRET));
-  }
-}
-
-function ok(step: Record<string, unknown>, result: unknown): void {
-  assert.equal(step.status, "success", JSON.stringify(step));
-  assert.deepEqual(step.result, result);
-}
-
-async function leaseKeys(redis: TestRedis): Promise<string[]> {
-  const c = new Redis(redis.port, "127.0.0.1", { lazyConnect: true });
-  try {
-    await c.connect();
-    return await c.keys("pysb:l:*");
-  } finally {
-    c.disconnect();
-  }
-}
+const SECRET = REPLICA_SECRET;
 
 async function tamper(redis: TestRedis, id: string): Promise<void> {
-  const c = new Redis(redis.port, "127.0.0.1", { lazyConnect: true });
-  try {
-    await c.connect();
+  await withRedisClient(redis, async (c) => {
     const bytes = await c.hgetBuffer(`pysb:s:${id}`, "bytes");
     assert.ok(bytes && bytes.length > 100);
     bytes[Math.floor(bytes.length / 2)] ^= 0x5a;
     await c.hset(`pysb:s:${id}`, "bytes", bytes);
-  } finally {
-    c.disconnect();
-  }
+  });
 }
 
 Deno.test("server.ts refuses --session-store without --session-secret unless --insecure-store, and hides the password", async () => {
@@ -204,6 +108,7 @@ Deno.test("three replicas share one session through Redis: round-robin, SIGKILL 
         ok(await replicas[i % 3].step(id, "x += 1\nx"), i);
       }
       ok(await r3.step(id, "f(x)"), 40);
+      await assertBaseShared(redis, id);
       const listed = await r2.get("/v1/sessions");
       const sessions = listed.sessions as { id: string }[];
       assert.deepEqual(sessions.map((s) => s.id), [id]);
@@ -337,6 +242,86 @@ Deno.test("three replicas share one session through Redis: round-robin, SIGKILL 
         assert.deepEqual(await leaseKeys(redis), []);
       },
     );
+  } finally {
+    await Promise.all(replicas.map((r) => r.stop()));
+    await redis.close();
+  }
+  assert.deepEqual(liveRedisServers(), []);
+});
+
+/** Diff-format bytes name their base: that blob must be in Redis. */
+async function assertBaseShared(redis: TestRedis, id: string): Promise<void> {
+  const bytes = await withRedisClient(
+    redis,
+    (c) => c.hgetBuffer(`pysb:s:${id}`, "bytes"),
+  );
+  assert.ok(bytes);
+  const base = sessionBaseOf(new Uint8Array(bytes));
+  if (base === undefined) return; // Full-format bytes need no base.
+  assert.match(base, /^[0-9a-f]{64}$/);
+  assert.deepEqual(await redisKeys(redis, `pysb:b:${base}`), [
+    `pysb:b:${base}`,
+  ]);
+}
+
+Deno.test("--session-checkpoint-seconds: steps are written back on drain, not after each step; a SIGKILL loses exactly the unwritten steps", async () => {
+  const redis = await startRedis();
+  const flags = ["--session-checkpoint-seconds", "3600"];
+  const replicas = await Promise.all(
+    [0, 1, 2].map(() => Replica.start(redis.url, flags)),
+  );
+  const [r1, r2, r3] = replicas;
+  try {
+    const created = await r1.post("/v1/sessions");
+    assert.equal(created.status, 201);
+    const { id } = await created.json();
+    assert.equal(await storedVersion(redis, id), 1, "creation is written");
+    ok(await r1.step(id, "x = 1\nx"), 1);
+    ok(await r1.step(id, "x += 1\nx"), 2);
+    assert.equal(await storedVersion(redis, id), 1, "the steps are not");
+    assert.equal((await leaseKeys(redis)).length, 1, "r1 keeps the lease");
+
+    // Drain: the unwritten steps are written back, the lease given up.
+    await replicas.splice(0, 1)[0].stop();
+    assert.equal(await storedVersion(redis, id), 2, "one write on drain");
+    assert.deepEqual(await leaseKeys(redis), []);
+    await assertBaseShared(redis, id);
+    ok(await r2.step(id, "x"), 2);
+    ok(await r2.step(id, "x += 10\nx"), 12);
+    assert.equal(await storedVersion(redis, id), 2);
+
+    // SIGKILL: the steps since the last checkpoint are lost, nothing else.
+    r2.children.push(...childrenOf(r2.child.pid));
+    r2.child.kill("SIGKILL");
+    await r2.child.status;
+    // r3 waits for the dead replica's lease to expire (15 s), then
+    // resumes from the last checkpoint: x = 2, not 12, and not corrupted.
+    // r3 has never seen the base these bytes were saved against: with its
+    // blob gone from Redis the step is an error of kind "session" naming it.
+    const base = sessionBaseOf(
+      new Uint8Array(
+        (await withRedisClient(
+          redis,
+          (c) => c.hgetBuffer(`pysb:s:${id}`, "bytes"),
+        ))!,
+      ),
+    );
+    if (base !== undefined) {
+      const key = `pysb:b:${base}`;
+      const blob = await withRedisClient(redis, (c) => c.getBuffer(key));
+      await withRedisClient(redis, (c) => c.del(key));
+      const missing = await r3.step(id, "x");
+      assert.equal(missing.status, "error");
+      const error = missing.error as { kind: string; message: string };
+      assert.equal(error.kind, "session");
+      assert.match(error.message, new RegExp(`base snapshot missing.*${base}`));
+      await withRedisClient(redis, (c) => c.set(key, blob!));
+    }
+    ok(await r3.step(id, "x"), 2);
+    ok(await r3.step(id, "x += 1\nx"), 3);
+    const d = await fetch(`${r3.base}/v1/sessions/${id}`, { method: "DELETE" });
+    assert.equal(d.status, 204);
+    assert.deepEqual(await leaseKeys(redis), []);
   } finally {
     await Promise.all(replicas.map((r) => r.stop()));
     await redis.close();

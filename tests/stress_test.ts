@@ -14,6 +14,7 @@ import assert from "node:assert/strict";
 import { dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { type AuditRecord, PyodideSandbox } from "../mod.ts";
+import { processes } from "./_helpers.ts";
 
 const SCENARIO_VAR = "PYODIDE_SANDBOX_STRESS";
 const MB = 1024 * 1024;
@@ -22,21 +23,9 @@ const MB = 1024 * 1024;
 
 /** Pids of `deno` processes whose parent is this process. */
 function denoChildren(): number[] {
-  const pids: number[] = [];
-  for (const entry of Deno.readDirSync("/proc")) {
-    if (!/^\d+$/.test(entry.name)) continue;
-    let stat: string;
-    try {
-      stat = Deno.readTextFileSync(`/proc/${entry.name}/stat`);
-    } catch {
-      continue;
-    }
-    const close = stat.lastIndexOf(")");
-    const comm = stat.slice(stat.indexOf("(") + 1, close);
-    const ppid = Number(stat.slice(close + 2).split(" ")[1]);
-    if (ppid === Deno.pid && comm === "deno") pids.push(Number(entry.name));
-  }
-  return pids;
+  return processes()
+    .filter((p) => p.ppid === Deno.pid && p.comm === "deno")
+    .map((p) => p.pid);
 }
 
 function openFds(): number {

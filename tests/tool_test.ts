@@ -19,27 +19,18 @@ import {
   eventually,
   moduleTempDir,
   TEST_DENO_PATH,
+  withSandbox,
   withTempDir,
 } from "./_helpers.ts";
 import { buildWheel } from "./_wheel.ts";
 
 const CACHE_DIR = moduleTempDir("tool-test-cache-");
 
-async function withTestSandbox(
+function withTestSandbox(
   options: SandboxOptions,
   fn: (sandbox: PyodideSandbox) => Promise<void>,
 ): Promise<void> {
-  const sandbox = new PyodideSandbox({
-    poolSize: 0,
-    denoPath: TEST_DENO_PATH,
-    cacheDir: CACHE_DIR,
-    ...options,
-  });
-  try {
-    await fn(sandbox);
-  } finally {
-    await sandbox.close();
-  }
+  return withSandbox({ cacheDir: CACHE_DIR, ...options }, fn);
 }
 
 function textOf(content: { type: string; text?: string }[]): string {

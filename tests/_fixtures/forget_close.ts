@@ -1,5 +1,5 @@
 /**
- * Spawned by tests/pool_test.ts: creates a sandbox with the default warm
+ * Spawned by tests/queue_test.ts: creates a sandbox with the default warm
  * pool, runs one call, prints what it saw, and never closes the sandbox.
  * The process must still exit promptly on its own.
  *

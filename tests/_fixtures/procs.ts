@@ -1,27 +1,16 @@
 /**
- * Process helpers for tests that count sandbox children (Linux `/proc`).
+ * Process helpers for tests that count sandbox children, over the `/proc`
+ * reader of `../_helpers.ts`.
  *
  * @module
  */
 
-import { TEST_DENO_PATH } from "../_helpers.ts";
-
-/**
- * Reads the fields of `/proc/<pid>/stat` after the command name.
- *
- * @param pid A process id.
- * @returns The fields from `state` on, or undefined when the process is gone.
- */
-function statFields(pid: number): string[] | undefined {
-  let text: string;
-  try {
-    text = Deno.readTextFileSync(`/proc/${pid}/stat`);
-  } catch {
-    return undefined;
-  }
-  // The command name may contain spaces and parentheses: split after the last ")".
-  return text.slice(text.lastIndexOf(")") + 2).trim().split(" ");
-}
+import {
+  commandLine as rawCommandLine,
+  processes,
+  processInfo,
+  TEST_DENO_PATH,
+} from "../_helpers.ts";
 
 /**
  * Whether a process exists and is not a zombie.
@@ -30,16 +19,12 @@ function statFields(pid: number): string[] | undefined {
  * @returns True while the process runs.
  */
 export function isRunning(pid: number): boolean {
-  const fields = statFields(pid);
-  return fields !== undefined && fields[0] !== "Z" && fields[0] !== "X";
+  const info = processInfo(pid);
+  return info !== undefined && info.state !== "Z" && info.state !== "X";
 }
 
 function commandLine(pid: number): string {
-  try {
-    return Deno.readTextFileSync(`/proc/${pid}/cmdline`).replaceAll("\0", " ");
-  } catch {
-    return "";
-  }
+  return (rawCommandLine(pid) ?? "").replaceAll("\0", " ");
 }
 
 /**
@@ -49,6 +34,8 @@ function commandLine(pid: number): string {
  * @returns Their pids.
  */
 export function childrenOf(pid: number): number[] {
+  // The kernel's list of each thread's children: cheaper than reading every
+  // process's stat, for the tests that poll this every few milliseconds.
   const out: number[] = [];
   let tasks: Iterable<Deno.DirEntry>;
   try {
@@ -101,16 +88,9 @@ export const TEST_DENO: string = TEST_DENO_PATH;
  * @returns Their pids.
  */
 export function processesInSession(sid: number): number[] {
-  const out: number[] = [];
-  for (const entry of Deno.readDirSync("/proc")) {
-    if (!/^\d+$/.test(entry.name)) continue;
-    const fields = statFields(Number(entry.name));
-    // state ppid pgrp session ...
-    if (fields && fields[0] !== "Z" && Number(fields[3]) === sid) {
-      out.push(Number(entry.name));
-    }
-  }
-  return out;
+  return processes()
+    .filter((p) => p.state !== "Z" && p.session === sid)
+    .map((p) => p.pid);
 }
 
 /**
