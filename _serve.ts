@@ -84,6 +84,8 @@ export interface StoreSettings {
   store: RedisSessionStore | undefined;
   /** `--session-checkpoint-seconds` (0: durable, every step written). */
   checkpointSeconds: number;
+  /** `--session-idle-seconds`, if given. */
+  idleSeconds: number | undefined;
 }
 
 /**
@@ -93,16 +95,21 @@ export interface StoreSettings {
  *
  * @param values The flag values.
  * @param sessionSecret The sandbox's `--session-secret`.
- * @param idleSeconds `--session-idle-seconds`, for the store's TTL.
- * @returns The store and the checkpoint interval.
+ * @returns The store, the checkpoint interval and `--session-idle-seconds`
+ *   (also the store's TTL).
  * @throws {TypeError} When the flags do not fit together or the URL is invalid.
- * @throws {RangeError} When `--session-checkpoint-seconds` is out of range.
+ * @throws {RangeError} When `--session-idle-seconds` or
+ *   `--session-checkpoint-seconds` is out of range.
  */
 export function storeFromFlags(
   values: Record<string, unknown>,
   sessionSecret: string | Uint8Array | undefined,
-  idleSeconds: number | undefined,
 ): StoreSettings {
+  const idleSeconds = parseNumberFlag(
+    "--session-idle-seconds",
+    values["session-idle-seconds"] as string | undefined,
+    { min: 0.001, max: 365 * 86_400 },
+  );
   const url = values["session-store"] as string | undefined;
   const insecure = values["insecure-store"] === true;
   const checkpoint = values["session-checkpoint-seconds"] as string | undefined;
@@ -119,7 +126,7 @@ export function storeFromFlags(
         }: it only applies with --session-store`,
       );
     }
-    return { store: undefined, checkpointSeconds };
+    return { store: undefined, checkpointSeconds, idleSeconds };
   }
   if (sessionSecret === undefined && !insecure) {
     throw new TypeError(
@@ -132,7 +139,7 @@ export function storeFromFlags(
       ? {}
       : { idleSeconds: Math.max(1, Math.ceil(idleSeconds)) }),
   });
-  return { store, checkpointSeconds };
+  return { store, checkpointSeconds, idleSeconds };
 }
 
 /** Where and how to listen. */

@@ -157,15 +157,9 @@ function configure(args: string[]) {
         "Invalid command line: --hostname, --port, --token and --max-mcp-sessions only apply with --http",
       );
     }
-    const idle = parseNumberFlag(
-      "--session-idle-seconds",
-      values["session-idle-seconds"],
-      { min: 0.001, max: 365 * 86_400 },
-    );
-    const { store, checkpointSeconds } = storeFromFlags(
+    const { store, checkpointSeconds, idleSeconds: idle } = storeFromFlags(
       values,
       sandboxOptions.sessionSecret,
-      idle,
     );
     const options: SandboxMcpOptions = {
       sandboxOptions,

@@ -112,15 +112,9 @@ async function main(args: string[]): Promise<void> {
     program: PROGRAM,
     notes: (url) => values.playground ? [`Playground: ${url}`] : [],
   }, () => {
-    const idle = parseNumberFlag(
-      "--session-idle-seconds",
-      values["session-idle-seconds"],
-      { min: 0.001, max: 365 * 86_400 },
-    );
-    const { store, checkpointSeconds } = storeFromFlags(
+    const { store, checkpointSeconds, idleSeconds: idle } = storeFromFlags(
       values,
       sandboxOptions.sessionSecret,
-      idle,
     );
     const handler = createHandler({
       sandboxOptions,
