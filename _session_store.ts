@@ -14,9 +14,11 @@ import type {
 } from "./options.ts";
 import type { CodeExecutionResult } from "./result.ts";
 
-/** Thrown when the session limit is reached. */
+/** Thrown when a session must be opened and `maxSessions` are live. */
 export class SessionLimitError extends Error {
   /**
+   * Creates the error.
+   *
    * @param max The limit.
    */
   constructor(max: number) {

@@ -9,7 +9,7 @@
  */
 
 import {
-  SessionLimitError as StoreLimitError,
+  SessionLimitError,
   SessionStore,
   UnknownSessionError as StoreUnknownError,
 } from "./_session_store.ts";
@@ -21,20 +21,7 @@ import type {
 } from "./options.ts";
 import type { CodeExecutionResult } from "./result.ts";
 
-/** Thrown when a session must be opened and `maxSessions` are live. */
-export class SessionLimitError extends Error {
-  /**
-   * Creates the error.
-   *
-   * @param max The limit.
-   */
-  constructor(max: number) {
-    super(
-      `Too many sessions: the limit is ${max}; close one (or wait for idle ones to expire) and retry`,
-    );
-    this.name = "SessionLimitError";
-  }
-}
+export { SessionLimitError };
 
 /** Thrown for a key that has no session. */
 export class UnknownSessionError extends Error {
@@ -51,9 +38,8 @@ export class UnknownSessionError extends Error {
   }
 }
 
-/** The store's errors as the public ones. */
-function publicError(error: unknown, key: string, max: number): unknown {
-  if (error instanceof StoreLimitError) return new SessionLimitError(max);
+/** The store's unknown-key error as the public one (it names the key). */
+function publicError(error: unknown, key: string): unknown {
   if (error instanceof StoreUnknownError) return new UnknownSessionError(key);
   return error;
 }
@@ -257,7 +243,7 @@ export class SessionPool {
   #open(key: string, options: SessionOptions): Promise<string> {
     if (this.#closed) throw new TypeError("The session pool is closed");
     const opening = this.#store.create(options).catch((error) => {
-      throw publicError(error, key, this.#maxSessions);
+      throw publicError(error, key);
     }).then((id) => {
       if (this.#closed) {
         this.#store.delete(id).catch(() => {});
@@ -349,7 +335,7 @@ export class SessionPool {
     const { id, replaced } = await this.#resolve(key, create);
     const result = await this.#store.execute(id, code, rest).catch(
       (error) => {
-        throw publicError(error, key, this.#maxSessions);
+        throw publicError(error, key);
       },
     );
     if (replaced) {
@@ -374,7 +360,7 @@ export class SessionPool {
       return Promise.reject(new UnknownSessionError(key));
     }
     return this.#store.export(id).catch((error) => {
-      throw publicError(error, key, this.#maxSessions);
+      throw publicError(error, key);
     });
   }
 
