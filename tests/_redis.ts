@@ -13,6 +13,8 @@
 import assert from "node:assert/strict";
 import {
   type RedisSessionStore,
+  redisSessionStore,
+  type RedisSessionStoreOptions,
   SessionStoreUnavailableError,
 } from "../redis_store.ts";
 import { sealSession, unsealSession } from "../_session_bytes.ts";
@@ -404,6 +406,23 @@ export async function startRedis(
 export const STORE_TEST_SECRET: Uint8Array = new TextEncoder().encode(
   "a-test-secret-of-32-bytes-length",
 );
+
+/**
+ * A store on a test Redis with {@linkcode STORE_TEST_SECRET}.
+ *
+ * @param redis The Redis.
+ * @param options More store options.
+ * @returns The store (close it, or `await using`).
+ */
+export function openStore(
+  redis: TestRedis,
+  options: RedisSessionStoreOptions = {},
+): RedisSessionStore {
+  return redisSessionStore(redis.url, {
+    sessionSecret: STORE_TEST_SECRET,
+    ...options,
+  });
+}
 
 /**
  * Sealed bytes holding a counter, as `session.save()` would give.

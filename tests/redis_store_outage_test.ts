@@ -8,7 +8,6 @@
 
 import assert from "node:assert/strict";
 import {
-  type RedisSessionStore,
   redisSessionStore,
   type RedisSessionStoreOptions,
 } from "../redis_store.ts";
@@ -16,24 +15,16 @@ import {
   counterOf,
   createCounter as create,
   liveRedisServers,
+  openStore,
   rejectsWithin,
   sealCounter,
   startRedis,
-  STORE_TEST_SECRET as SECRET,
-  type TestRedis,
 } from "./_redis.ts";
 import { eventually } from "./_helpers.ts";
 
-function open(
-  redis: TestRedis,
-  options: RedisSessionStoreOptions = {},
-): RedisSessionStore {
-  return redisSessionStore(redis.url, { sessionSecret: SECRET, ...options });
-}
-
 Deno.test("with Redis stopped, operations fail with SessionStoreUnavailableError within 5 s; restarted, they succeed again", async () => {
   await using redis = await startRedis({ appendonly: true });
-  await using store = open(redis, { operationTimeoutMs: 2000 });
+  await using store = openStore(redis, { operationTimeoutMs: 2000 });
   await create(store, "s", 3);
   assert.equal(await store.ping(), true);
   assert.equal(store.stats().reachable, true);
@@ -86,7 +77,7 @@ Deno.test("with Redis stopped, operations fail with SessionStoreUnavailableError
 
 Deno.test("a Redis that stops answering (SIGSTOP) fails operations within the bound instead of hanging", async () => {
   await using redis = await startRedis();
-  await using store = open(redis, { operationTimeoutMs: 1000 });
+  await using store = openStore(redis, { operationTimeoutMs: 1000 });
   await create(store, "s", 1);
   redis.pause();
   try {
@@ -154,7 +145,7 @@ Deno.test("the Redis password never appears in errors, their causes, the store's
   } finally {
     await bad.close();
   }
-  await using good = open(redis, { operationTimeoutMs: 1500 });
+  await using good = openStore(redis, { operationTimeoutMs: 1500 });
   await create(good, "s");
   await redis.stop();
   const down = await rejectsWithin("stopped", () => good.read("s"), 5000);
@@ -184,7 +175,7 @@ Deno.test("rediss:// connects over TLS with the given CA; without it, or over pl
   const password = "pw-Tls-Secret-9d8e7f";
   await using redis = await startRedis({ tls: true, password });
   assert.match(redis.url, /^rediss:\/\//);
-  await using store = open(redis, { tls: { ca: redis.caCert } });
+  await using store = openStore(redis, { tls: { ca: redis.caCert } });
   await create(store, "s", 2);
   const record = await store.read("s");
   assert.equal(

@@ -10,37 +10,25 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { Redis } from "ioredis";
-import {
-  type RedisSessionStore,
-  redisSessionStore,
-  type RedisSessionStoreOptions,
-  SessionFenceError,
-} from "../redis_store.ts";
+import { type RedisSessionStore, SessionFenceError } from "../redis_store.ts";
 import { sealSession, SessionError, unsealSession } from "../_session_bytes.ts";
 import {
   counterOf,
   createCounter as create,
   liveRedisServers,
+  openStore,
   sealCounter,
   startRedis,
   STORE_TEST_SECRET as SECRET,
-  type TestRedis,
 } from "./_redis.ts";
 import { eventually } from "./_helpers.ts";
 import { holdLease } from "../_redis_lease.ts";
 
-function open(
-  redis: TestRedis,
-  options: RedisSessionStoreOptions = {},
-): RedisSessionStore {
-  return redisSessionStore(redis.url, { sessionSecret: SECRET, ...options });
-}
-
 Deno.test("acquireLease() is exclusive between two store instances", async () => {
   await using redis = await startRedis();
   assert.equal(liveRedisServers().length, 1, "the leak check sees it");
-  await using a = open(redis);
-  await using b = open(redis);
+  await using a = openStore(redis);
+  await using b = openStore(redis);
   const ta = crypto.randomUUID();
   const tb = crypto.randomUUID();
   assert.equal(await a.acquireLease("s1", ta, 10_000), true);
@@ -58,8 +46,8 @@ Deno.test("acquireLease() is exclusive between two store instances", async () =>
 
 Deno.test("an expired lease lets another owner take over, and waitForLease() waits for it", async () => {
   await using redis = await startRedis();
-  await using a = open(redis);
-  await using b = open(redis);
+  await using a = openStore(redis);
+  await using b = openStore(redis);
   const ta = crypto.randomUUID();
   const tb = crypto.randomUUID();
   assert.equal(await a.acquireLease("s", ta, 300), true);
@@ -89,8 +77,8 @@ Deno.test("an expired lease lets another owner take over, and waitForLease() wai
 
 Deno.test("holdLease() renews a lease past its TTL until released, and reports a lost lease", async () => {
   await using redis = await startRedis();
-  await using a = open(redis);
-  await using b = open(redis);
+  await using a = openStore(redis);
+  await using b = openStore(redis);
   const held = await holdLease(a, "s", 300, { timeoutMs: 5000 });
   assert.ok(held);
   await new Promise((r) => setTimeout(r, 1000));
@@ -109,8 +97,8 @@ Deno.test("holdLease() renews a lease past its TTL until released, and reports a
 
 Deno.test("write() is refused once the writer's lease expired and another replica took it", async () => {
   await using redis = await startRedis();
-  await using a = open(redis);
-  await using b = open(redis);
+  await using a = openStore(redis);
+  await using b = openStore(redis);
   const ta = crypto.randomUUID();
   assert.equal(await a.acquireLease("s", ta, 300), true);
   const first = await sealCounter(1);
@@ -156,7 +144,7 @@ Deno.test("write() is refused once the writer's lease expired and another replic
 
 Deno.test("write() is refused when a newer version was written", async () => {
   await using redis = await startRedis();
-  await using a = open(redis);
+  await using a = openStore(redis);
   const metadata = await create(a, "s", 1);
   const token = crypto.randomUUID();
   assert.equal(await a.acquireLease("s", token, 10_000), true);
@@ -181,8 +169,8 @@ Deno.test("write() is refused when a newer version was written", async () => {
 
 Deno.test("20 concurrent increments through two store instances lose nothing and never apply twice", async () => {
   await using redis = await startRedis();
-  await using a = open(redis);
-  await using b = open(redis);
+  await using a = openStore(redis);
+  await using b = openStore(redis);
   await create(a, "counter", 0);
   const written: number[] = [];
   async function worker(store: RedisSessionStore, steps: number) {
@@ -227,7 +215,7 @@ Deno.test("20 concurrent increments through two store instances lose nothing and
 
 Deno.test("idle records expire after idleSeconds, and touch() restarts the clock", async () => {
   await using redis = await startRedis();
-  await using store = open(redis, { idleSeconds: 1 });
+  await using store = openStore(redis, { idleSeconds: 1 });
   await create(store, "idle");
   await create(store, "kept");
   assert.equal(await store.count(), 2);
@@ -244,9 +232,9 @@ Deno.test("idle records expire after idleSeconds, and touch() restarts the clock
 
 Deno.test("delete() removes a session group-wide and list() shows every replica's sessions", async () => {
   await using redis = await startRedis();
-  await using a = open(redis);
-  await using b = open(redis);
-  await using other = open(redis, { prefix: "othergroup:" });
+  await using a = openStore(redis);
+  await using b = openStore(redis);
+  await using other = openStore(redis, { prefix: "othergroup:" });
   for (const id of ["one", "two", "three"]) await create(a, id);
   await create(other, "elsewhere");
   const token = crypto.randomUUID();
@@ -282,8 +270,8 @@ Deno.test("delete() removes a session group-wide and list() shows every replica'
 
 Deno.test("maxSessions limits the sessions of the whole store", async () => {
   await using redis = await startRedis();
-  await using a = open(redis, { maxSessions: 2 });
-  await using b = open(redis, { maxSessions: 2 });
+  await using a = openStore(redis, { maxSessions: 2 });
+  await using b = openStore(redis, { maxSessions: 2 });
   await create(a, "one");
   await create(b, "two");
   const token = crypto.randomUUID();
@@ -306,7 +294,7 @@ Deno.test("maxSessions limits the sessions of the whole store", async () => {
     }),
     1,
   );
-  await using small = open(redis, { maxSessionBytes: 10 });
+  await using small = openStore(redis, { maxSessionBytes: 10 });
   await assert.rejects(
     small.write("x", saved.sessionBytes, {
       expectedVersion: 0,
@@ -319,8 +307,8 @@ Deno.test("maxSessions limits the sessions of the whole store", async () => {
 
 Deno.test("putBlob() writes a blob once and getBlob() reads it back checked against its hash", async () => {
   await using redis = await startRedis();
-  await using a = open(redis);
-  await using b = open(redis);
+  await using a = openStore(redis);
+  await using b = openStore(redis);
   const bytes = new Uint8Array(100_000);
   for (let i = 0; i < bytes.length; i += 65536) {
     crypto.getRandomValues(bytes.subarray(i, i + 65536));
@@ -351,7 +339,7 @@ Deno.test("putBlob() writes a blob once and getBlob() reads it back checked agai
 
 Deno.test("session bytes or metadata tampered with inside Redis give a SessionError when read", async () => {
   await using redis = await startRedis();
-  await using store = open(redis);
+  await using store = openStore(redis);
   await create(store, "s", 7);
   const raw = new Redis(redis.url, { lazyConnect: true });
   try {
@@ -364,7 +352,7 @@ Deno.test("session bytes or metadata tampered with inside Redis give a SessionEr
     await assert.rejects(store.read("s"), SessionError);
     // A store that does not verify hands the bytes on, and the module's
     // own check (used when a sandbox resumes them) still refuses them.
-    await using unchecked = open(redis, { verify: false });
+    await using unchecked = openStore(redis, { verify: false });
     const record = await unchecked.read("s");
     await assert.rejects(
       unsealSession(record!.sessionBytes, record!.sessionMetadata, SECRET),
