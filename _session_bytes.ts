@@ -22,6 +22,7 @@ import { PYODIDE_VERSION } from "./runner.ts";
 import type { SessionMetadata } from "./result.ts";
 import type { Environment } from "./_setup.ts";
 import { writeFileAtomicSync } from "./_fs.ts";
+import { constantTimeEqual } from "./_bytes.ts";
 import { sha256Bytes } from "./_wheel_cache.ts";
 import {
   type BaseSnapshot,
@@ -80,13 +81,6 @@ async function mac(
     ["sign"],
   );
   return new Uint8Array(await crypto.subtle.sign("HMAC", key, bytes));
-}
-
-function timingSafeEqual(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  let diff = 0;
-  for (let i = 0; i < a.length; i++) diff |= a[i] ^ b[i];
-  return diff === 0;
 }
 
 /**
@@ -164,7 +158,7 @@ export async function unsealSession(
 export function sessionBaseOf(bytes: Uint8Array): string | undefined {
   if (!(bytes instanceof Uint8Array)) return undefined;
   if (bytes.length < MAGIC.length + 6 + MAC_BYTES) return undefined;
-  if (!timingSafeEqual(bytes.subarray(0, MAGIC.length), MAGIC)) {
+  if (!constantTimeEqual(bytes.subarray(0, MAGIC.length), MAGIC)) {
     return undefined;
   }
   if (bytes[MAGIC.length] !== FORMAT) return undefined;
@@ -208,7 +202,7 @@ export async function unsealSessionState(
   const minimum = MAGIC.length + 6 + MAC_BYTES;
   if (
     bytes.length < minimum ||
-    !timingSafeEqual(bytes.subarray(0, MAGIC.length), MAGIC)
+    !constantTimeEqual(bytes.subarray(0, MAGIC.length), MAGIC)
   ) {
     throw new SessionError(
       "Invalid session bytes: not session bytes made by pyodide-sandbox",
@@ -236,7 +230,7 @@ export async function unsealSessionState(
   }
   const signed = bytes.subarray(0, bytes.length - MAC_BYTES);
   const expected = await mac(signed, secret);
-  if (!timingSafeEqual(expected, bytes.subarray(bytes.length - MAC_BYTES))) {
+  if (!constantTimeEqual(expected, bytes.subarray(bytes.length - MAC_BYTES))) {
     throw new SessionError(
       secret
         ? "Invalid session bytes: the signature does not match (tampered, or signed with another secret)"
