@@ -103,19 +103,13 @@ export class SandboxChild {
   readonly pid: number;
   /** When the child was spawned (`performance.now()`). */
   readonly spawnedAt: number = performance.now();
-  /** The sha256 of the base snapshot its saved state is a diff from. */
-  readonly baseSha256?: string;
   #wasReady = false;
 
-  private constructor(
-    spec: ChildSpec,
-    cwd: string,
-    init: ChildInit,
-  ) {
+  private constructor(spec: ChildSpec, cwd: string) {
     this.#cwd = cwd;
-    this.baseSha256 = init.baseSha256;
-    const nonce = crypto.getRandomValues(new Uint8Array(NONCE_BYTES));
-    this.#parser = new FrameParser(nonce, spec.limits);
+    this.#spec = spec;
+    this.#nonce = crypto.getRandomValues(new Uint8Array(NONCE_BYTES));
+    this.#parser = new FrameParser(this.#nonce, spec.limits);
     this.#idleMax = spec.idleOutputBytes ?? 1024 * 1024;
     this.#idle = new IdleOutput(this.#idleMax);
     this.#process = new Deno.Command(spec.denoPath, {
@@ -130,28 +124,6 @@ export class SandboxChild {
     this.#process.unref();
     this.pid = this.#process.pid;
     this.#stdin = this.#process.stdin.getWriter();
-    // The nonce travels as the first bytes of the init frame's attachment,
-    // never as text: a JS string would sit in the child's heap, where a heap
-    // snapshot taken by user code could find it.
-    const initBin = new Uint8Array(NONCE_BYTES + (init.state?.length ?? 0));
-    initBin.set(nonce, 0);
-    if (init.state) initBin.set(init.state, NONCE_BYTES);
-    this.#stdin.write(
-      encodeToChild(
-        ToChild.init,
-        {
-          mode: init.mode,
-          snapshotPath: init.snapshotPath,
-          oneShot: init.oneShot,
-          revokeRead: init.revokeRead,
-          warm: init.warm,
-          maxStateBytes: init.maxStateBytes,
-          maxImageBytes: init.maxImageBytes,
-        } satisfies InitRequest,
-        initBin,
-      ),
-    ).catch(() => {});
-    initBin.fill(0);
     this.#stdoutDone = this.#readStdout();
     this.#readStderr();
     this.#exited = this.#process.status.then((status) => {
@@ -163,12 +135,6 @@ export class SandboxChild {
       return status.code;
     });
     if (spec.rssLimitBytes > 0) this.#startWatchdog(spec.rssLimitBytes);
-    // A one-shot child runs nothing between ready and its one request (no
-    // user code has run), so its memory cannot grow: an idle pooled child
-    // costs the host no /proc reads. The first frame sent restarts it.
-    if (init.oneShot && this.#watchdog !== undefined) {
-      this.#pauseUntilSent = () => this.#startWatchdog(spec.rssLimitBytes);
-    }
     let resolveReady!: (frame: Frame) => void;
     let rejectReady!: (error: Error) => void;
     this.ready = new Promise<Frame>((resolve, reject) => {
@@ -193,7 +159,64 @@ export class SandboxChild {
     }, () => {});
   }
 
-  /** Restarts a paused watchdog (see the constructor). */
+  #spec: ChildSpec;
+  #nonce: Uint8Array;
+  #started = false;
+  #baseSha256?: string;
+
+  /** The sha256 of the base snapshot its saved state is a diff from. */
+  get baseSha256(): string | undefined {
+    return this.#baseSha256;
+  }
+
+  /** Whether {@linkcode start} has sent the init frame. */
+  get started(): boolean {
+    return this.#started;
+  }
+
+  /**
+   * Sends the init frame: the child loads what it says. A paused child
+   * (see {@linkcode spawnPaused}) has loaded all it can before it.
+   *
+   * @param init What to load.
+   * @throws {Error} When the child was started already.
+   */
+  start(init: ChildInit): void {
+    if (this.#started) throw new Error("The child was started already");
+    this.#started = true;
+    this.#baseSha256 = init.baseSha256;
+    // The nonce travels as the first bytes of the init frame's attachment,
+    // never as text: a JS string would sit in the child's heap, where a heap
+    // snapshot taken by user code could find it.
+    const initBin = new Uint8Array(NONCE_BYTES + (init.state?.length ?? 0));
+    initBin.set(this.#nonce, 0);
+    if (init.state) initBin.set(init.state, NONCE_BYTES);
+    this.#stdin.write(
+      encodeToChild(
+        ToChild.init,
+        {
+          mode: init.mode,
+          snapshotPath: init.snapshotPath,
+          oneShot: init.oneShot,
+          revokeRead: init.revokeRead,
+          warm: init.warm,
+          maxStateBytes: init.maxStateBytes,
+          maxImageBytes: init.maxImageBytes,
+        } satisfies InitRequest,
+        initBin,
+      ),
+    ).catch(() => {});
+    initBin.fill(0);
+    // A one-shot child runs nothing between ready and its one request (no
+    // user code has run), so its memory cannot grow: an idle pooled child
+    // costs the host no /proc reads. The first frame sent restarts it.
+    if (init.oneShot && this.#watchdog !== undefined) {
+      const limit = this.#spec.rssLimitBytes;
+      this.#pauseUntilSent = () => this.#startWatchdog(limit);
+    }
+  }
+
+  /** Restarts a paused watchdog (see {@linkcode start}). */
   #pauseUntilSent?: () => void;
   /** Whether a frame was sent after the init frame. */
   #sentAny = false;
@@ -206,9 +229,22 @@ export class SandboxChild {
    * @returns The child.
    */
   static async spawn(spec: ChildSpec, init: ChildInit): Promise<SandboxChild> {
+    const child = await SandboxChild.spawnPaused(spec);
+    child.start(init);
+    return child;
+  }
+
+  /**
+   * Spawns a child that loads Pyodide as far as it can without knowing
+   * what to load, then waits for {@linkcode start}.
+   *
+   * @param spec How to start it.
+   * @returns The child.
+   */
+  static async spawnPaused(spec: ChildSpec): Promise<SandboxChild> {
     const cwd = await Deno.makeTempDir({ prefix: "pyodide-sandbox-" });
     try {
-      return new SandboxChild(spec, cwd, init);
+      return new SandboxChild(spec, cwd);
     } catch (error) {
       await Deno.remove(cwd, { recursive: true }).catch(() => {});
       throw error;

@@ -7,7 +7,12 @@
  * @module
  */
 
-import { type ChildSpec, holdingLoop, SandboxChild } from "./_child.ts";
+import {
+  type ChildInit,
+  type ChildSpec,
+  holdingLoop,
+  SandboxChild,
+} from "./_child.ts";
 import { type Environment, materializeRunner } from "./_setup.ts";
 import {
   type BaseSnapshot,
@@ -98,6 +103,8 @@ export class ChildPool {
   /** Pooled children being spawned (not yet in `#idle`). */
   #starting = 0;
   #prepared?: Promise<BaseSnapshot>;
+  /** A child spawned ahead of the next restore, not yet started. */
+  #paused?: SandboxChild;
   #closed = false;
 
   /**
@@ -170,8 +177,7 @@ export class ChildPool {
     // host's.
     const base = options.state?.base ?? own;
     const extra = base.path === own.path ? [] : [base.path];
-    const spec = this.#ctx.childSpec(memoryLimitMb, extra);
-    const child = await SandboxChild.spawn(spec, {
+    const init: ChildInit = {
       mode: "serve",
       snapshotPath: base.path,
       baseSha256: base.sha256,
@@ -184,7 +190,23 @@ export class ChildPool {
       // there, well under the child's RSS cap.
       maxStateBytes: (memoryLimitMb + STATE_SLACK_MB) * 1024 * 1024,
       maxImageBytes: memoryLimitMb * 1024 * 1024,
-    });
+    };
+    // A restore with the pool's limit and this host's base takes the
+    // paused child, and leaves another paused for the next one.
+    const restore = options.state !== undefined && extra.length === 0 &&
+      memoryLimitMb === this.#ctx.memoryLimitMb;
+    const paused = restore ? this.#takePaused() : undefined;
+    let child: SandboxChild;
+    if (paused) {
+      paused.start(init);
+      child = paused;
+    } else {
+      child = await SandboxChild.spawn(
+        this.#ctx.childSpec(memoryLimitMb, extra),
+        init,
+      );
+      this.#register(child);
+    }
     // A child that dies before it is ready may have met a corrupted
     // snapshot: hash it again before the next start. Not when it refused
     // its state (the caller's bytes; no rehash for them to trigger).
@@ -193,16 +215,51 @@ export class ChildPool {
       distrustSnapshot(base.path);
       if (preload) distrustPreload(preload.path);
     });
-    this.#live.add(child);
-    child.onExit(() => {
-      this.#live.delete(child);
-      child.cleanup();
-    });
+    if (restore) this.#pauseAfter(child);
     if (this.#closed) {
       child.kill();
       this.#checkOpen();
     }
     return child;
+  }
+
+  /** Tracks a child until it exits, and removes its folder then. */
+  #register(child: SandboxChild): void {
+    this.#live.add(child);
+    child.onExit(() => {
+      this.#live.delete(child);
+      child.cleanup();
+    });
+  }
+
+  /** The paused child, if one is waiting and alive. */
+  #takePaused(): SandboxChild | undefined {
+    const paused = this.#paused;
+    this.#paused = undefined;
+    return paused && !paused.exited ? paused : undefined;
+  }
+
+  /**
+   * Spawns a paused child once `child` is ready (so that it does not
+   * compete with that child's load), unless one is waiting already: from
+   * a sandbox's first restore on, the next restore finds Pyodide loaded
+   * up to its memory image.
+   */
+  #pauseAfter(child: SandboxChild): void {
+    const spawnPaused = async () => {
+      if (this.#closed || (this.#paused && !this.#paused.exited)) return;
+      const spec = this.#ctx.childSpec(this.#ctx.memoryLimitMb, []);
+      const paused = await SandboxChild.spawnPaused(spec);
+      this.#register(paused);
+      if (this.#closed || (this.#paused && !this.#paused.exited)) {
+        paused.kill();
+        return;
+      }
+      this.#paused = paused;
+    };
+    child.ready.catch(() => {}).then(() =>
+      this.#track(spawnPaused()).catch(() => {})
+    );
   }
 
   /**
@@ -344,6 +401,7 @@ export class ChildPool {
   async close(): Promise<void> {
     this.#closed = true;
     this.#idle = [];
+    this.#paused = undefined;
     await this.#endLive();
     // A call that was queued when close() ran must not leave a child: wait
     // for the starts in flight (they see the flag and end their child).

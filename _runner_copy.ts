@@ -25,6 +25,7 @@ import LOCKDOWN_SOURCE from "./_runner_lockdown.ts" with { type: "text" };
 import HTTP_SOURCE from "./_runner_http.ts" with { type: "text" };
 import STATE_SOURCE from "./_runner_state.ts" with { type: "text" };
 import DIFF_SOURCE from "./_state_diff.ts" with { type: "text" };
+import PREPARE_SOURCE from "./_runner_prepare.ts" with { type: "text" };
 
 /**
  * The files the child runs, by name, with their sources: `runner.ts` and
@@ -42,6 +43,7 @@ const RUNNER_FILES: readonly (readonly [string, string])[] = [
   ["_runner_http.ts", HTTP_SOURCE],
   ["_runner_state.ts", STATE_SOURCE],
   ["_state_diff.ts", DIFF_SOURCE],
+  ["_runner_prepare.ts", PREPARE_SOURCE],
 ];
 
 /**

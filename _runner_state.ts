@@ -5,8 +5,9 @@
  * files only).
  *
  * The child keeps its read grant on the one base snapshot file (the host
- * does not revoke it), reads it again for each save and drops it at once:
- * no 31 MB buffer stays alive between calls. A state that cannot be
+ * does not revoke it). Loading reads the file's memory image straight into
+ * the wasm heap, and a save diffs the live heap against the file a chunk at
+ * a time: no buffer of the image's size is made, so none stays alive. A state that cannot be
  * restored ends the child with {@linkcode STATE_REJECTED_EXIT} before any
  * user code runs, so the host reports it as kind `"session"`, not a crash.
  *
@@ -29,10 +30,15 @@ import {
   U8,
 } from "./_runner_captured.ts";
 import { readFiles, writeFiles } from "./_runner_files.ts";
+import type { EarlyLoad } from "./_runner_prepare.ts";
 import {
-  applyDiff,
-  encodeDiff,
+  applyPages,
+  encodeImageDiff,
+  type ImageReader,
   isDiff,
+  type ParsedDiff,
+  parseDiff,
+  SNAPSHOT_FIXED_BYTES,
   snapshotImageOffset,
 } from "./_state_diff.ts";
 
@@ -42,24 +48,59 @@ const openSync = Deno.openSync;
 const writeStderr = Deno.stderr.writeSync.bind(Deno.stderr);
 const exit = Deno.exit;
 
-/**
- * Reads a whole file into one buffer of its size: several times faster
- * for the 31 MB base than `Deno.readFileSync`, which grows its buffer.
- */
-export function readWhole(path: string): Uint8Array {
-  const file = openSync(path);
-  try {
-    const out = new U8(file.statSync().size);
-    let at = 0;
-    while (at < out.length) {
-      const n = file.readSync(out.subarray(at));
-      if (n === null || n === 0) break;
-      at += n;
-    }
-    return at === out.length ? out : out.slice(0, at);
-  } finally {
-    file.close();
+/** Reads into `into` from `position` until it is full or the file ends. */
+function readAt(
+  file: Deno.FsFile,
+  position: number,
+  into: Uint8Array,
+): number {
+  file.seekSync(position, Deno.SeekMode.Start);
+  let at = 0;
+  while (at < into.length) {
+    const n = file.readSync(into.subarray(at));
+    if (n === null || n === 0) break;
+    at += n;
   }
+  return at;
+}
+
+/** A snapshot file opened for its memory image, never read whole. */
+interface SnapshotFile {
+  file: Deno.FsFile;
+  /** The snapshot's header (its first `offset` bytes). */
+  header: Uint8Array;
+  /** The byte length of its memory image. */
+  imageBytes: number;
+  /** Reads its image a chunk at a time (zeros past the end). */
+  read: ImageReader;
+}
+
+/**
+ * Opens a snapshot file, reads and checks its header.
+ *
+ * @param path The snapshot file.
+ * @returns The open file (close it), or a message saying what is wrong.
+ */
+export function openSnapshot(path: string): SnapshotFile | string {
+  const file = openSync(path);
+  const total = file.statSync().size;
+  const fixed = new U8(SNAPSHOT_FIXED_BYTES);
+  readAt(file, 0, fixed);
+  const offset = snapshotImageOffset(fixed, total);
+  if (typeof offset === "string") {
+    file.close();
+    return offset;
+  }
+  const header = new U8(offset);
+  readAt(file, 0, header);
+  const imageBytes = total - offset;
+  const read: ImageReader = (start, into) => {
+    const n = start < imageBytes
+      ? readAt(file, offset + start, into.subarray(0, imageBytes - start))
+      : 0;
+    into.fill(0, n);
+  };
+  return { file, header, imageBytes, read };
 }
 
 /** Identifies this runner's Python helpers (FNV-1a of their source). */
@@ -120,12 +161,17 @@ function rejectState(reason: string): never {
   return exit(STATE_REJECTED_EXIT);
 }
 
-/** The full snapshot and files of a state: inflated, rebuilt, checked. */
-function rebuild(
+/** Session state ready to load: a checked diff, or a format-1 whole state. */
+type Restorable =
+  | { diff: ParsedDiff }
+  | { snapshot: Uint8Array; files: Uint8Array };
+
+/** The state in the init frame: inflated (capped) and checked. */
+function inflateState(
   init: InitRequest,
   initState: Uint8Array,
   zlib: typeof import("node:zlib"),
-): { snapshot: Uint8Array; files: Uint8Array } {
+): Restorable {
   const maxState = init.maxStateBytes ?? DEFAULT_STATE_BYTES;
   const maxImage = init.maxImageBytes ?? maxState;
   let inflated: Uint8Array;
@@ -138,14 +184,9 @@ function rebuild(
   }
   const bytes = new U8(inflated.buffer, inflated.byteOffset, inflated.length);
   if (isDiff(bytes)) {
-    if (!init.snapshotPath) rejectState("the child has no base snapshot");
-    const applied = applyDiff(
-      bytes,
-      readWhole(init.snapshotPath),
-      maxImage,
-    );
-    if (typeof applied === "string") rejectState(applied);
-    return applied;
+    const diff = parseDiff(bytes, maxImage);
+    if (typeof diff === "string") rejectState(diff);
+    return { diff };
   }
   // Format 1: a whole snapshot and the files.
   const state = unpackState(bytes);
@@ -159,6 +200,70 @@ function rebuild(
 }
 
 /**
+ * Loads Pyodide (the child's early load) from a snapshot whose memory
+ * image `fill` writes straight into the wasm heap.
+ */
+function loadImage(
+  loader: EarlyLoad,
+  header: Uint8Array,
+  imageBytes: number,
+  fill: (heap: Uint8Array) => void,
+): Promise<Pyodide> {
+  return loader.finish({ header, imageBytes, fill });
+}
+
+/**
+ * Loads Pyodide from the base snapshot file, its image read straight into
+ * the wasm heap.
+ *
+ * @param path The base snapshot.
+ * @param loader The child's early load.
+ * @returns Pyodide.
+ * @throws {Error} When the file cannot be read or is malformed.
+ */
+async function loadBase(
+  path: string,
+  loader: EarlyLoad,
+): Promise<Pyodide> {
+  const base = openSnapshot(path);
+  if (typeof base === "string") throw new Error(`Bad base snapshot: ${base}`);
+  try {
+    return await loadImage(
+      loader,
+      base.header,
+      base.imageBytes,
+      (heap) => base.read(0, heap),
+    );
+  } finally {
+    base.file.close();
+  }
+}
+
+/** Loads a checked diff: the base image, then its pages, in the heap. */
+async function loadDiff(
+  init: InitRequest,
+  diff: ParsedDiff,
+  loader: EarlyLoad,
+): Promise<Pyodide> {
+  if (!init.snapshotPath) rejectState("the child has no base snapshot");
+  const base = openSnapshot(init.snapshotPath);
+  if (typeof base === "string") rejectState(`bad base snapshot: ${base}`);
+  try {
+    return await loadImage(
+      loader,
+      diff.header,
+      diff.imageBytes,
+      (heap) => {
+        base.read(0, heap);
+        applyPages(heap, diff);
+      },
+    );
+  } finally {
+    base.file.close();
+  }
+}
+
+/**
  * Loads Pyodide from the session state in the init frame (a diff from the
  * base snapshot at `init.snapshotPath`, or a format-1 whole state). Ends
  * the child with {@linkcode STATE_REJECTED_EXIT} when the state cannot be
@@ -167,57 +272,68 @@ function rebuild(
  * @param init The init frame.
  * @param initState The deflated state.
  * @param zlib `node:zlib`.
- * @param loadPyodide Pyodide's loader.
+ * @param loader The child's early load.
  * @returns Pyodide, with the state and its files restored.
  */
 async function loadFromState(
   init: InitRequest,
   initState: Uint8Array,
   zlib: typeof import("node:zlib"),
-  loadPyodide: (options: never) => Promise<Pyodide>,
+  loader: EarlyLoad,
 ): Promise<Pyodide> {
-  const state = rebuild(init, initState, zlib);
-  const offset = snapshotImageOffset(state.snapshot) as number;
-  const size = state.snapshot.length - offset;
-  // deno-lint-ignore no-import-prefix
-  const asm = await import("npm:pyodide@314.0.7/pyodide.asm.mjs");
+  const state = inflateState(init, initState, zlib);
   let pyodide: Pyodide;
   try {
-    // Pyodide 314.0.7 restores a snapshot into the wasm heap without
-    // growing it (its INITIAL_MEMORY hint is ignored: the heap starts at
-    // 36 MiB), so a session that grew past that fails with "offset is out
-    // of bounds". Grow the heap to the image's size before the restore.
-    pyodide = await loadPyodide(
-      {
-        _loadSnapshot: state.snapshot,
-        _makeSnapshot: true,
-        createPyodideModule: async (settings: unknown) => {
-          const module = await asm.default(settings);
-          if (module.HEAP8.length < size) module._emscripten_resize_heap(size);
-          return module;
-        },
-      } as never,
-    );
+    if ("diff" in state) {
+      pyodide = await loadDiff(init, state.diff, loader);
+    } else {
+      const offset = snapshotImageOffset(state.snapshot) as number;
+      const image = state.snapshot.subarray(offset);
+      pyodide = await loadImage(
+        loader,
+        state.snapshot.subarray(0, offset),
+        image.length,
+        (heap) => heap.set(image),
+      );
+    }
     // The session may come from an older runner (format 1, an imported
     // base).
     refreshPython(pyodide);
-    writeFiles(pyodide, state.files);
+    writeFiles(pyodide, "diff" in state ? state.diff.files : state.files);
   } catch (error) {
     rejectState(`Pyodide could not load it (${error})`);
   }
   return pyodide;
 }
 
-/** A memory snapshot, dropping globals that hold JS objects if needed. */
+/**
+ * A snapshot's header alone: Pyodide's `makeMemorySnapshot()` with its
+ * module's heap view (a plain property) swapped for an empty one for the
+ * call, so it copies no memory image. The image is the live heap.
+ */
+function snapshotHeader(pyodide: Pyodide): Uint8Array {
+  const module = (pyodide as unknown as { _module: { HEAP8: Int8Array } })
+    ._module;
+  const heap = module.HEAP8;
+  module.HEAP8 = new Int8Array(0);
+  try {
+    return pyodide.makeMemorySnapshot();
+  } finally {
+    module.HEAP8 = heap;
+  }
+}
+
+/** A snapshot (or its header), dropping globals that hold JS objects. */
 function snapshotOf(
   child: StateChild,
+  take: (pyodide: Pyodide) => Uint8Array,
 ): { snapshot: Uint8Array; dropped: string } | string {
   try {
-    return { snapshot: child.pyodide.makeMemorySnapshot(), dropped: "" };
+    return { snapshot: take(child.pyodide), dropped: "" };
   } catch {
     const dropped = child.py.dropJsGlobals();
     try {
-      return { snapshot: child.pyodide.makeMemorySnapshot(), dropped };
+      return { snapshot: take(child.pyodide), dropped };
     } catch (error) {
       return `The session state could not be saved: it holds live JavaScript objects (${
         String(error)
@@ -226,9 +342,33 @@ function snapshotOf(
   }
 }
 
+/** The live heap, diffed against the base snapshot file in chunks. */
+function diffAgainstBase(
+  pyodide: Pyodide,
+  header: Uint8Array,
+  path: string,
+  files: Uint8Array,
+): Uint8Array {
+  const base = openSnapshot(path);
+  if (typeof base === "string") throw new Error(base);
+  try {
+    const heap = (pyodide as unknown as { _module: { HEAP8: Int8Array } })
+      ._module.HEAP8;
+    return encodeImageDiff(
+      header,
+      new U8(heap.buffer, heap.byteOffset, heap.length),
+      base.read,
+      files,
+    );
+  } finally {
+    base.file.close();
+  }
+}
+
 /**
- * Saves the session: a memory snapshot and the working-folder files, as a
- * diff from the base snapshot (read again now), deflated.
+ * Saves the session: the live heap and the working-folder files, as a diff
+ * from the base snapshot (read a chunk at a time), deflated. No copy of the
+ * whole heap or of the base is made.
  *
  * @param child The loaded child.
  * @returns Header fields and the state bytes.
@@ -236,14 +376,17 @@ function snapshotOf(
 export function saveState(
   child: StateChild,
 ): { json: Record<string, unknown>; bin?: Uint8Array } {
-  const taken = snapshotOf(child);
+  const base = child.init.snapshotPath;
+  const taken = snapshotOf(
+    child,
+    base ? snapshotHeader : (pyodide) => pyodide.makeMemorySnapshot(),
+  );
   if (typeof taken === "string") return { json: { stateError: taken } };
   const files = readFiles(child.pyodide);
   let packed: Uint8Array;
   try {
-    const base = child.init.snapshotPath;
     packed = base
-      ? encodeDiff(taken.snapshot, readWhole(base), files)
+      ? diffAgainstBase(child.pyodide, taken.snapshot, base, files)
       : packState(taken.snapshot, files);
   } catch (error) {
     return {
@@ -287,6 +430,7 @@ export function addState(
  * @param initState The deflated session state (empty for none).
  * @param zlib `node:zlib`.
  * @param started When loading started (`performance.now()`).
+ * @param loader The child's early load (`startLoad()`).
  * @returns Pyodide, or `undefined` once the snapshot was sent.
  */
 export async function load(
@@ -294,10 +438,12 @@ export async function load(
   initState: Uint8Array,
   zlib: typeof import("node:zlib"),
   started: number,
+  loader: EarlyLoad,
 ): Promise<Pyodide | undefined> {
-  // The child runs with --no-config, so no import map: the exact specifier.
-  // deno-lint-ignore no-import-prefix
-  const { loadPyodide } = await import("npm:pyodide@314.0.7");
+  if (init.mode === "snapshot" || (!init.snapshotPath && !initState.length)) {
+    loader.drop();
+  }
+  const { loadPyodide } = loader;
   if (init.mode === "snapshot") {
     const pyodide = await loadPyodide({ _makeSnapshot: true } as never);
     setUpPython(pyodide);
@@ -313,14 +459,27 @@ export async function load(
     return pyodide;
   }
   if (initState.length === 0 && init.snapshotPath) {
-    // Read off the main thread while Pyodide loads its own modules: it
-    // awaits the snapshot only right before instantiating the wasm.
-    const snapshot = Deno.readFile(init.snapshotPath);
-    return await loadPyodide(
-      { _loadSnapshot: snapshot, _makeSnapshot: true } as never,
-    );
+    return await loadBase(init.snapshotPath, loader);
   }
-  return await loadFromState(init, initState, zlib, loadPyodide);
+  return await loadFromState(init, initState, zlib, loader);
+}
+
+/**
+ * Drops what Pyodide keeps of its load: its config holds the snapshot it
+ * was given (31 MB or more) and its module settings hold the wasm binary
+ * (9.6 MB) in a closure, both for the child's whole life.
+ *
+ * @param pyodide A loaded Pyodide.
+ */
+export function releaseLoadBuffers(pyodide: Pyodide): void {
+  const internals = pyodide as unknown as {
+    _api?: { config?: Record<string, unknown> };
+    _module?: Record<string, unknown>;
+  };
+  const config = internals._api?.config;
+  if (config && "_loadSnapshot" in config) config._loadSnapshot = undefined;
+  const module = internals._module;
+  if (module && "instantiateWasm" in module) module.instantiateWasm = undefined;
 }
 
 /**

@@ -35,7 +35,13 @@ import {
   toJson,
   ToParent,
 } from "./_protocol.ts";
-import { addState, collectGarbage, load } from "./_runner_state.ts";
+import {
+  addState,
+  collectGarbage,
+  load,
+  releaseLoadBuffers,
+} from "./_runner_state.ts";
+import { startLoad } from "./_runner_prepare.ts";
 import {
   append,
   apply,
@@ -431,6 +437,9 @@ async function warm(child: Child): Promise<void> {
 }
 
 async function main(): Promise<void> {
+  // Before the init frame: a child spawned ahead of need has it done by
+  // the time its state comes.
+  const loader = startLoad();
   const channel = openChannel();
   const first = await channel.next();
   if (first.type !== ToChild.init) throw new Error("Expected an init frame");
@@ -442,7 +451,7 @@ async function main(): Promise<void> {
   const zlib = await import("node:zlib");
   const started = performance.now();
   const state = first.bin.subarray(NONCE_BYTES);
-  const pyodide = await load(init, state, zlib, started);
+  const pyodide = await load(init, state, zlib, started, loader);
   if (!pyodide) return;
   for (const path of init.revokeRead ?? []) {
     try {
@@ -455,6 +464,7 @@ async function main(): Promise<void> {
   if (init.warm) await warm(child);
   // The snapshot or session state read to load (tens of MB, more with
   // preloaded packages) is garbage now: free it before the child idles.
+  releaseLoadBuffers(pyodide);
   collectGarbage();
   // Last step before any user code can run: nothing below may need what
   // this takes away.

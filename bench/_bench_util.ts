@@ -20,7 +20,7 @@ export interface CaseContext {
 /** One row of the report. */
 export interface Row {
   name: string;
-  unit: "ms" | "calls/s" | "MB" | "KB";
+  unit: "ms" | "calls/s" | "MB" | "KB" | "faults";
   samples: number[];
   /** `true`: ratio = naive / this (a latency); otherwise no ratio. */
   latency: boolean;
@@ -83,6 +83,13 @@ export function runnerChildren(): number[] {
 export function rssMb(pid: number): number {
   const status = Deno.readTextFileSync(`/proc/${pid}/status`);
   const match = /VmRSS:\s+(\d+) kB/.exec(status);
+  return match ? Number(match[1]) / 1024 : NaN;
+}
+
+/** The private dirty memory of a process (`smaps_rollup`), in MB. */
+export function privateDirtyMb(pid: number): number {
+  const rollup = Deno.readTextFileSync(`/proc/${pid}/smaps_rollup`);
+  const match = /Private_Dirty:\s+(\d+) kB/.exec(rollup);
   return match ? Number(match[1]) / 1024 : NaN;
 }
 

@@ -7,12 +7,30 @@
  * It prints one JSON line with its own phase timings (milliseconds since the
  * process's time origin) so the benchmark can show where the time goes.
  *
- * Usage: `deno run --allow-all bench/_cold_host.ts <cacheDir> [spawnEpochMs]`
+ * It also reports `faults`: the minor page faults of itself and of the
+ * children it waited for (`/proc/self/stat`), and with `--bare` reports
+ * them at once without loading anything, for a bare `deno run`.
+ *
+ * Usage: `deno run --allow-all bench/_cold_host.ts <cacheDir|--bare>
+ * [spawnEpochMs]`
  *
  * @module
  */
 
 const top = performance.now();
+
+/** Minor page faults of this process plus those of its reaped children. */
+function faults(): number {
+  const stat = Deno.readTextFileSync("/proc/self/stat");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  // Fields 10 and 11 of stat(5): minflt, cminflt.
+  return Number(fields[7]) + Number(fields[8]);
+}
+
+if (Deno.args[0] === "--bare") {
+  console.log(JSON.stringify({ faults: faults() }));
+  Deno.exit(0);
+}
 const cacheDir = Deno.args[0];
 const spawnedAt = Number(Deno.args[1] ?? NaN);
 // Imported dynamically so that loading the module is timed on its own.
@@ -38,5 +56,6 @@ console.log(JSON.stringify({
   execute: executed - constructed,
   close: closed - executed,
   total: closed,
+  faults: faults(),
 }));
 Deno.exit(0);

@@ -35,7 +35,13 @@ import {
   resolveEnvironment,
 } from "../_setup.ts";
 import { ensureSnapshot } from "../_snapshot.ts";
-import { applyDiff, encodeDiff } from "../_state_diff.ts";
+import {
+  applyPages,
+  encodeImageDiff,
+  type ImageReader,
+  parseDiff,
+  snapshotImageOffset,
+} from "../_state_diff.ts";
 import zlib from "node:zlib";
 import { buildPermissionFlag } from "../permissions.ts";
 import { ToChild, ToParent } from "../runner.ts";
@@ -46,6 +52,7 @@ import {
   log,
   median,
   printReport,
+  privateDirtyMb,
   type Row,
   rssMb,
   runnerChildren,
@@ -276,6 +283,18 @@ async function freshHostOnce(): Promise<[number, Record<string, number>]> {
   return [ms, phases];
 }
 
+/** Minor page faults of a bare `deno run` (bench/_cold_host.ts --bare). */
+async function bareFaults(): Promise<number> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", join(HERE, "_cold_host.ts"), "--bare"],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "null",
+    stdin: "null",
+  }).output();
+  return JSON.parse(new TextDecoder().decode(out.stdout)).faults;
+}
+
 async function coldCases(env: Environment): Promise<void> {
   const snapshot = await ensureSnapshot(env);
   const naive: number[] = [];
@@ -353,6 +372,17 @@ async function coldCases(env: Environment): Promise<void> {
     latency: true,
     note: `CPU ${median(snapCpu).toFixed(2)} s/call (one fresh interpreter)`,
   });
+  const bare: number[] = [];
+  for (let i = 0; i < 3; i++) bare.push(await bareFaults());
+  rows.push({
+    name: "minor page faults, fresh host + child minus bare `deno run`",
+    unit: "faults",
+    samples: phases.map((p) => p.faults - median(bare)),
+    latency: false,
+    target: "<= 30000",
+    meets: (m) => m <= 30000,
+    note: `bare deno run ${median(bare).toFixed(0)} faults`,
+  });
   extra.cpu = { naive: naiveCpu, cold: coldCpu, snapshotChild: snapCpu };
   extra.freshHostPhases = phases;
 }
@@ -364,11 +394,20 @@ async function pooledCase(): Promise<void> {
   try {
     await sandbox.warmup();
     await sleep(1000);
-    const rss = runnerChildren().map(rssMb);
+    const children = runnerChildren();
     rows.push({
       name: "RSS of one idle pooled child",
       unit: "MB",
-      samples: rss,
+      samples: children.map(rssMb),
+      latency: false,
+      target: "<= 130 MB",
+      meets: (m) => m <= 130,
+      note: "VmRSS, with the deno binary's shared pages",
+    });
+    rows.push({
+      name: "private dirty memory of one idle pooled child",
+      unit: "MB",
+      samples: children.map(privateDirtyMb),
       latency: false,
     });
     for (let i = 0; i < N.pooled; i++) {
@@ -530,24 +569,34 @@ async function statefulCases(): Promise<void> {
   }
 }
 
-/** Reads a file into one buffer of its size, as the child does. */
-function readWhole(path: string): Uint8Array {
-  using file = Deno.openSync(path);
-  const out = new Uint8Array(file.statSync().size);
-  let at = 0;
-  while (at < out.length) {
-    const n = file.readSync(out.subarray(at));
-    if (!n) break;
-    at += n;
-  }
-  return out;
+/** Reads a snapshot file's image a chunk at a time, as the child does. */
+function imageReader(path: string): { read: ImageReader; close(): void } {
+  const file = Deno.openSync(path);
+  const total = file.statSync().size;
+  const head = new Uint8Array(48);
+  file.readSync(head);
+  const offset = snapshotImageOffset(head, total) as number;
+  const read: ImageReader = (start, into) => {
+    file.seekSync(offset + start, Deno.SeekMode.Start);
+    const want = Math.max(0, Math.min(into.length, total - offset - start));
+    let at = 0;
+    while (at < want) {
+      const n = file.readSync(into.subarray(at, want));
+      if (!n) break;
+      at += n;
+    }
+    into.fill(0, at);
+  };
+  return { read, close: () => file.close() };
 }
 
 /**
  * The phases of a save and a restore, measured in this process on an
  * interpreter loaded from the same base snapshot with the same functions
- * the child uses: snapshot, read base, diff, deflate; inflate, read base,
- * apply (rebuild the image), Pyodide's load from the rebuilt image.
+ * the child uses: the snapshot header (the heap itself is not copied), the
+ * diff of the live heap against the base file read in chunks, deflate;
+ * inflate, parse, the base image read into a heap-sized buffer and the
+ * pages applied in place.
  */
 async function statePhases(env: Environment): Promise<void> {
   log("state phases (in this process)");
@@ -558,6 +607,7 @@ async function statePhases(env: Environment): Promise<void> {
   ) as unknown as {
     runPython(code: string): unknown;
     makeMemorySnapshot(): Uint8Array;
+    _module: { HEAP8: Int8Array };
   };
   pyodide.runPython(
     "import json, re\ndata = list(range(10000))\n" +
@@ -565,35 +615,47 @@ async function statePhases(env: Environment): Promise<void> {
   );
   const phases: Record<string, number[]> = {};
   const add = (name: string, ms: number) => (phases[name] ??= []).push(ms);
-  let payload = new Uint8Array(0);
-  for (let i = 0; i < N.save; i++) {
-    const [snapMs, snapshot] = await timed(() =>
-      Promise.resolve(pyodide.makeMemorySnapshot())
-    );
-    const [readMs, base] = await timed(() => Promise.resolve(readWhole(path)));
-    const [diffMs, diff] = await timed(() =>
-      Promise.resolve(encodeDiff(snapshot, base, new Uint8Array(0)))
-    );
-    const [deflateMs, deflated] = await timed(() =>
-      Promise.resolve(zlib.deflateRawSync(diff, { level: 3 }))
-    );
-    payload = new Uint8Array(deflated);
-    add("save: makeMemorySnapshot()", snapMs);
-    add("save: read base", readMs);
-    add("save: diff", diffMs);
-    add("save: deflate", deflateMs);
-    const [inflateMs, inflated] = await timed(() =>
-      Promise.resolve(zlib.inflateRawSync(payload))
-    );
-    const [read2Ms, base2] = await timed(() =>
-      Promise.resolve(readWhole(path))
-    );
-    const [applyMs] = await timed(() =>
-      Promise.resolve(applyDiff(new Uint8Array(inflated), base2, 2 ** 31))
-    );
-    add("restore: inflate", inflateMs);
-    add("restore: read base", read2Ms);
-    add("restore: apply diff", applyMs);
+  const base = imageReader(path);
+  try {
+    for (let i = 0; i < N.save; i++) {
+      const [headerMs, header] = await timed(() => {
+        const heap = pyodide._module.HEAP8;
+        pyodide._module.HEAP8 = new Int8Array(0);
+        try {
+          return Promise.resolve(pyodide.makeMemorySnapshot());
+        } finally {
+          pyodide._module.HEAP8 = heap;
+        }
+      });
+      const heap = pyodide._module.HEAP8;
+      const image = new Uint8Array(heap.buffer, 0, heap.length);
+      const [diffMs, diff] = await timed(() =>
+        Promise.resolve(
+          encodeImageDiff(header, image, base.read, new Uint8Array(0)),
+        )
+      );
+      const [deflateMs, deflated] = await timed(() =>
+        Promise.resolve(zlib.deflateRawSync(diff, { level: 3 }))
+      );
+      add("save: snapshot header", headerMs);
+      add("save: diff live heap vs base file", diffMs);
+      add("save: deflate", deflateMs);
+      const [inflateMs, inflated] = await timed(() =>
+        Promise.resolve(new Uint8Array(zlib.inflateRawSync(deflated)))
+      );
+      const parsed = parseDiff(inflated, 2 ** 31);
+      if (typeof parsed === "string") throw new Error(parsed);
+      const [applyMs] = await timed(() => {
+        const target = new Uint8Array(parsed.imageBytes);
+        base.read(0, target);
+        applyPages(target, parsed);
+        return Promise.resolve(target);
+      });
+      add("restore: inflate", inflateMs);
+      add("restore: base image read + diff applied", applyMs);
+    }
+  } finally {
+    base.close();
   }
   for (const [name, samples] of Object.entries(phases)) {
     rows.push({ name: `phase, ${name}`, unit: "ms", samples, latency: false });

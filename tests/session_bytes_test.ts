@@ -19,7 +19,14 @@ import {
   sessionBaseOf,
   unsealSessionState,
 } from "../_session_bytes.ts";
-import { applyDiff, encodeDiff } from "../_state_diff.ts";
+import {
+  applyDiff,
+  applyPages,
+  encodeDiff,
+  encodeImageDiff,
+  type ImageReader,
+  parseDiff,
+} from "../_state_diff.ts";
 import { packState } from "../_protocol.ts";
 import { buildWheel } from "./_wheel.ts";
 import {
@@ -480,6 +487,61 @@ Deno.test("a diff encoded and applied by _state_diff.ts gives back the snapshot 
   assert.match(
     String(applyDiff(diff.slice(0, -1), base, 1e9)),
     /inconsistent/,
+  );
+});
+
+Deno.test("a diff of a live image against a base read in chunks equals the whole-base diff and applies in place", () => {
+  // 300 pages: more than one 256-page chunk, the base shorter than the image.
+  const head = 64;
+  const image = (pages: number, seed: number) => {
+    const s = new Uint8Array(head + pages * 4096);
+    const view = new DataView(s.buffer);
+    view.setUint32(0, 1886286592, true);
+    view.setUint32(4, head, true);
+    view.setUint32(8, 4, true);
+    s.set([123, 125, 32, 32], 48);
+    for (let i = head; i < s.length; i += 61) s[i] = (i * seed) & 0xff;
+    return s;
+  };
+  const base = image(280, 3);
+  const next = image(300, 3);
+  for (const page of [0, 255, 256, 279, 299]) next[head + page * 4096 + 5] ^= 1;
+  const files = new Uint8Array([1, 2, 3]);
+  const reads: number[] = [];
+  const baseImage = base.subarray(head);
+  const reader: ImageReader = (start, into) => {
+    reads.push(into.length);
+    const n = Math.max(0, Math.min(into.length, baseImage.length - start));
+    into.set(baseImage.subarray(start, start + n));
+    into.fill(0, n);
+  };
+  const chunked = encodeImageDiff(
+    next.subarray(0, head),
+    next.slice(head),
+    reader,
+    files,
+  );
+  assert.deepEqual(chunked, encodeDiff(next, base, files));
+  // The base is read a chunk at a time, never whole.
+  assert.ok(Math.max(...reads) <= 256 * 4096, String(reads));
+  // Four pages within the base changed, and the 20 pages past its end are
+  // non-zero (one of them changed too).
+  const parsed = parseDiff(chunked, 1e9);
+  assert.ok(typeof parsed !== "string", String(parsed));
+  assert.equal(parsed.pages.length, 24);
+  const heap = new Uint8Array(300 * 4096);
+  heap.set(baseImage);
+  applyPages(heap, parsed);
+  assert.deepEqual(heap, next.subarray(head));
+  // Page numbers out of order are refused before any base is read.
+  const bad = chunked.slice();
+  const at = 28 + head;
+  bad.set(chunked.subarray(at + 4, at + 8), at);
+  assert.equal(parseDiff(bad, 1e9), "bad page numbers");
+  assert.throws(
+    () =>
+      encodeImageDiff(next.subarray(0, 60), next.slice(head), reader, files),
+    /inconsistent header/,
   );
 });
 
