@@ -17,6 +17,8 @@
  * - `--cache-dir <dir>`: use this cache folder (default: a fresh temporary
  *   one, removed at the end, so the snapshot build is measured too).
  * - `--json <file>`: also write the raw samples as JSON.
+ * - `--cases <a,b>`: run only these case groups (cold, pooled, session,
+ *   stateful, phases, burst, http, pool; default all).
  *
  * @module
  */
@@ -70,12 +72,20 @@ const flags = parseArgs({
     quick: { type: "boolean", default: false },
     "cache-dir": { type: "string" },
     json: { type: "string" },
+    cases: { type: "string" },
   },
   strict: true,
 });
 const quick = flags.values.quick;
 
 /** Sample sizes. */
+/** The pause between an agent's steps in the paced cases. */
+const AGENT_PACE_MS = 1500;
+
+/** Case groups run (`--cases a,b`; all by default). */
+const CASES = (flags.values.cases ??
+  "cold,pooled,session,stateful,phases,burst,http,pool").split(",");
+
 const N = quick
   ? {
     naive: 2,
@@ -147,15 +157,16 @@ printReport({
 // Cases
 
 async function runAll(env: Environment): Promise<void> {
-  await coldCases(env);
-  await pooledCase();
-  await sessionCases();
-  await statefulCases();
-  await statePhases(env);
+  const on = (name: string) => CASES.includes(name);
+  if (on("cold")) await coldCases(env);
+  if (on("pooled")) await pooledCase();
+  if (on("session")) await sessionCases();
+  if (on("stateful")) await statefulCases();
+  if (on("phases")) await statePhases(env);
   const ctx = { N, cacheDir, rows, extra };
-  await burstCase(ctx);
-  await httpCase(ctx);
-  await poolRows();
+  if (on("burst")) await burstCase(ctx);
+  if (on("http")) await httpCase(ctx);
+  if (on("pool")) await poolRows();
 }
 
 /** The warm pool's cases (bench/pool.ts): first call, idle child CPU. */
@@ -508,6 +519,30 @@ async function sessionCases(): Promise<void> {
         unit: "ms",
         samples: restores,
         latency: false,
+        note: "back to back: the paused child is still loading",
+      });
+      const paced: number[] = [];
+      for (let i = 0; i < N.save; i++) {
+        await sleep(AGENT_PACE_MS);
+        const [ms, resumed] = await timed(() =>
+          sandbox.openSession({
+            sessionBytes: saved!.sessionBytes,
+            sessionMetadata: saved!.sessionMetadata,
+          })
+        );
+        paced.push(ms);
+        const check = await resumed.execute("len(data)");
+        await resumed.close();
+        if (check.result !== 10000) {
+          throw new Error(`A restored session is wrong: ${check.stderr}`);
+        }
+      }
+      rows.push({
+        name: "session restore at an agent's pace (1.5 s apart)",
+        unit: "ms",
+        samples: paced,
+        latency: false,
+        note: "compare with the cold start, warm host row (target <= 0.5x)",
       });
     } finally {
       await session.close();
@@ -539,7 +574,7 @@ async function statefulCases(): Promise<void> {
       };
     }
     for (let i = 0; i < N.save; i++) {
-      await sleep(200);
+      await sleep(AGENT_PACE_MS);
       const [ms, next] = await timed(() =>
         sandbox.execute("x += 1; x", bytes!)
       );
