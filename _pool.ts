@@ -39,6 +39,9 @@ const LOAD_PARALLELISM = Math.max(
   globalThis.navigator?.hardwareConcurrency ?? 2,
 );
 
+/** How long a paused child waits for a restore before it is ended. */
+const PAUSED_IDLE_MS = 30_000;
+
 /**
  * What restored state may inflate to beyond the memory limit: the snapshot
  * header and the working-folder files.
@@ -105,6 +108,8 @@ export class ChildPool {
   #prepared?: Promise<BaseSnapshot>;
   /** A child spawned ahead of the next restore, not yet started. */
   #paused?: SandboxChild;
+  /** Ends the paused child when no restore took it in time. */
+  #pausedTimer?: ReturnType<typeof setTimeout>;
   #closed = false;
 
   /**
@@ -236,6 +241,7 @@ export class ChildPool {
   #takePaused(): SandboxChild | undefined {
     const paused = this.#paused;
     this.#paused = undefined;
+    clearTimeout(this.#pausedTimer);
     return paused && !paused.exited ? paused : undefined;
   }
 
@@ -243,7 +249,8 @@ export class ChildPool {
    * Spawns a paused child once `child` is ready (so that it does not
    * compete with that child's load), unless one is waiting already: from
    * a sandbox's first restore on, the next restore finds Pyodide loaded
-   * up to its memory image.
+   * up to its memory image. One no restore takes within
+   * `PAUSED_IDLE_MS` is ended.
    */
   #pauseAfter(child: SandboxChild): void {
     const spawnPaused = async () => {
@@ -256,6 +263,14 @@ export class ChildPool {
         return;
       }
       this.#paused = paused;
+      // Kept while restores keep coming: a sandbox that stops restoring
+      // holds no child ahead of need for long.
+      this.#pausedTimer = setTimeout(() => {
+        if (this.#paused !== paused) return;
+        this.#paused = undefined;
+        paused.kill();
+      }, PAUSED_IDLE_MS);
+      Deno.unrefTimer(this.#pausedTimer);
     };
     child.ready.catch(() => {}).then(() =>
       this.#track(spawnPaused()).catch(() => {})
@@ -402,6 +417,7 @@ export class ChildPool {
     this.#closed = true;
     this.#idle = [];
     this.#paused = undefined;
+    clearTimeout(this.#pausedTimer);
     await this.#endLive();
     // A call that was queued when close() ran must not leave a child: wait
     // for the starts in flight (they see the flag and end their child).
