@@ -169,11 +169,6 @@ export class SandboxChild {
     return this.#baseSha256;
   }
 
-  /** Whether {@linkcode start} has sent the init frame. */
-  get started(): boolean {
-    return this.#started;
-  }
-
   /**
    * Sends the init frame: the child loads what it says. A paused child
    * (see {@linkcode spawnPaused}) has loaded all it can before it.

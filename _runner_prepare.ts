@@ -42,7 +42,7 @@ export interface EarlyLoad {
   /**
    * Gives the started load its image.
    *
-   * @param image The image, or `undefined` to drop the load.
+   * @param image The image.
    * @returns Pyodide, loaded from the image.
    */
   finish(image: Image): Promise<Pyodide>;

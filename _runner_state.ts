@@ -200,19 +200,6 @@ function inflateState(
 }
 
 /**
- * Loads Pyodide (the child's early load) from a snapshot whose memory
- * image `fill` writes straight into the wasm heap.
- */
-function loadImage(
-  loader: EarlyLoad,
-  header: Uint8Array,
-  imageBytes: number,
-  fill: (heap: Uint8Array) => void,
-): Promise<Pyodide> {
-  return loader.finish({ header, imageBytes, fill });
-}
-
-/**
  * Loads Pyodide from the base snapshot file, its image read straight into
  * the wasm heap.
  *
@@ -228,12 +215,11 @@ async function loadBase(
   const base = openSnapshot(path);
   if (typeof base === "string") throw new Error(`Bad base snapshot: ${base}`);
   try {
-    return await loadImage(
-      loader,
-      base.header,
-      base.imageBytes,
-      (heap) => base.read(0, heap),
-    );
+    return await loader.finish({
+      header: base.header,
+      imageBytes: base.imageBytes,
+      fill: (heap) => base.read(0, heap),
+    });
   } finally {
     base.file.close();
   }
@@ -249,15 +235,14 @@ async function loadDiff(
   const base = openSnapshot(init.snapshotPath);
   if (typeof base === "string") rejectState(`bad base snapshot: ${base}`);
   try {
-    return await loadImage(
-      loader,
-      diff.header,
-      diff.imageBytes,
-      (heap) => {
+    return await loader.finish({
+      header: diff.header,
+      imageBytes: diff.imageBytes,
+      fill: (heap) => {
         base.read(0, heap);
         applyPages(heap, diff);
       },
-    );
+    });
   } finally {
     base.file.close();
   }
@@ -289,12 +274,11 @@ async function loadFromState(
     } else {
       const offset = snapshotImageOffset(state.snapshot) as number;
       const image = state.snapshot.subarray(offset);
-      pyodide = await loadImage(
-        loader,
-        state.snapshot.subarray(0, offset),
-        image.length,
-        (heap) => heap.set(image),
-      );
+      pyodide = await loader.finish({
+        header: state.snapshot.subarray(0, offset),
+        imageBytes: image.length,
+        fill: (heap) => heap.set(image),
+      });
     }
     // The session may come from an older runner (format 1, an imported
     // base).
@@ -306,14 +290,18 @@ async function loadFromState(
   return pyodide;
 }
 
+/** Pyodide's emscripten module: its heap view is a plain property. */
+function moduleOf(pyodide: Pyodide): { HEAP8: Int8Array } {
+  return (pyodide as unknown as { _module: { HEAP8: Int8Array } })._module;
+}
+
 /**
  * A snapshot's header alone: Pyodide's `makeMemorySnapshot()` with its
  * module's heap view (a plain property) swapped for an empty one for the
  * call, so it copies no memory image. The image is the live heap.
  */
 function snapshotHeader(pyodide: Pyodide): Uint8Array {
-  const module = (pyodide as unknown as { _module: { HEAP8: Int8Array } })
-    ._module;
+  const module = moduleOf(pyodide);
   const heap = module.HEAP8;
   module.HEAP8 = new Int8Array(0);
   try {
@@ -352,8 +340,7 @@ function diffAgainstBase(
   const base = openSnapshot(path);
   if (typeof base === "string") throw new Error(base);
   try {
-    const heap = (pyodide as unknown as { _module: { HEAP8: Int8Array } })
-      ._module.HEAP8;
+    const heap = moduleOf(pyodide).HEAP8;
     return encodeImageDiff(
       header,
       new U8(heap.buffer, heap.byteOffset, heap.length),

@@ -462,8 +462,8 @@ async function main(): Promise<void> {
   }
   const child = connect(pyodide, init, channel, zlib);
   if (init.warm) await warm(child);
-  // The snapshot or session state read to load (tens of MB, more with
-  // preloaded packages) is garbage now: free it before the child idles.
+  // What the load left (the inflated session state; what Pyodide keeps of
+  // its load, dropped here) is garbage now: free it before the child idles.
   releaseLoadBuffers(pyodide);
   collectGarbage();
   // Last step before any user code can run: nothing below may need what
