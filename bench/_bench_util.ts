@@ -156,11 +156,13 @@ export interface BenchRun {
  */
 export function printReport(run: BenchRun): void {
   const { rows, extra, machine, loadBefore } = run;
-  const naive = median(rows.find((r) => r.name.startsWith("naive"))!.samples);
+  // NaN without the naive row (`--cases` without cold): ratios print "-".
+  const naiveRow = rows.find((r) => r.name.startsWith("naive"));
+  const naive = naiveRow ? median(naiveRow.samples) : NaN;
   const table = rows.map((row) => {
     const m = median(row.samples);
     const x = naive / m;
-    const ratio = row.latency
+    const ratio = row.latency && Number.isFinite(x)
       ? `${x >= 100 ? x.toFixed(0) : x.toFixed(1)}x`
       : "-";
     const met = row.meets ? (row.meets(m, naive) ? "yes" : "NO") : "";

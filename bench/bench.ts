@@ -26,7 +26,7 @@
 import { parseArgs } from "node:util";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { PyodideSandbox } from "../mod.ts";
+import { PyodideSandbox, type SessionMetadata } from "../mod.ts";
 import { SandboxChild } from "../_child.ts";
 import {
   childArgs,
@@ -497,23 +497,9 @@ async function sessionCases(): Promise<void> {
         target: "<= 400 KB",
         meets: (m) => m <= 400,
       });
-      const restores: number[] = [];
-      for (let i = 0; i < N.save; i++) {
-        const [ms, resumed] = await timed(() =>
-          sandbox.openSession({
-            sessionBytes: saved!.sessionBytes,
-            sessionMetadata: saved!.sessionMetadata,
-          })
-        );
-        restores.push(ms);
-        const check = await resumed.execute("f(2) + len(data)");
-        await resumed.close();
-        if (check.result !== 2 * (N.step + 5) + 10000) {
-          throw new Error(
-            `A restored session is wrong: ${JSON.stringify(check)}`,
-          );
-        }
-      }
+      const restore = (paceMs: number) =>
+        restoreSamples(sandbox, saved!, paceMs, 2 * (N.step + 5) + 10000);
+      const restores = await restore(0);
       rows.push({
         name: "session restore: openSession({sessionBytes})",
         unit: "ms",
@@ -521,22 +507,7 @@ async function sessionCases(): Promise<void> {
         latency: false,
         note: "back to back: the paused child is still loading",
       });
-      const paced: number[] = [];
-      for (let i = 0; i < N.save; i++) {
-        await sleep(AGENT_PACE_MS);
-        const [ms, resumed] = await timed(() =>
-          sandbox.openSession({
-            sessionBytes: saved!.sessionBytes,
-            sessionMetadata: saved!.sessionMetadata,
-          })
-        );
-        paced.push(ms);
-        const check = await resumed.execute("len(data)");
-        await resumed.close();
-        if (check.result !== 10000) {
-          throw new Error(`A restored session is wrong: ${check.stderr}`);
-        }
-      }
+      const paced = await restore(AGENT_PACE_MS);
       rows.push({
         name: "session restore at an agent's pace (1.5 s apart)",
         unit: "ms",
@@ -550,6 +521,30 @@ async function sessionCases(): Promise<void> {
   } finally {
     await sandbox.close();
   }
+}
+
+/**
+ * Times `N.save` restores of saved bytes (`openSession` until it returns),
+ * `paceMs` apart, checking each restored session's `f(2) + len(data)`.
+ */
+async function restoreSamples(
+  sandbox: PyodideSandbox,
+  saved: { sessionBytes: Uint8Array; sessionMetadata: SessionMetadata },
+  paceMs: number,
+  expected: number,
+): Promise<number[]> {
+  const samples: number[] = [];
+  for (let i = 0; i < N.save; i++) {
+    if (paceMs > 0) await sleep(paceMs);
+    const [ms, resumed] = await timed(() => sandbox.openSession(saved));
+    samples.push(ms);
+    const check = await resumed.execute("f(2) + len(data)");
+    await resumed.close();
+    if (check.result !== expected) {
+      throw new Error(`A restored session is wrong: ${JSON.stringify(check)}`);
+    }
+  }
+  return samples;
 }
 
 /**
