@@ -342,3 +342,59 @@ Deno.test("PyodideSandbox's memory watchdog still ends a pooled child that waite
     assert.deepEqual(sandboxChildren(), [], "children left after close()");
   });
 });
+
+/** The one sandbox child once it stays the only one for half a second. */
+async function soleChild(): Promise<number> {
+  let seen = -1;
+  const found = await waitFor(() => {
+    const now = sandboxChildren();
+    const sole = now.length === 1 && now[0] === seen;
+    seen = now.length === 1 ? now[0] : -1;
+    return sole;
+  }, 60_000);
+  assert.ok(found, `one paused child, found ${sandboxChildren()}`);
+  return seen;
+}
+
+Deno.test("PyodideSandbox restores run in the child paused after the last restore, and skip one that died", async () => {
+  await withSandbox({
+    denoPath: TEST_DENO,
+    poolSize: 0,
+    stateful: true,
+  }, async (sandbox) => {
+    const first = await sandbox.execute("x = 1");
+    const bytes = {
+      sessionBytes: first.sessionBytes!,
+      sessionMetadata: first.sessionMetadata,
+    };
+    const one = await sandbox.execute(PID + "[x, js.Deno.pid]", bytes);
+    assert.equal(one.status, "success", one.stderr);
+    // The first restore left a child paused for the next: the next restore
+    // runs in it.
+    const paused = await soleChild();
+    assert.notEqual(paused, (one.result as number[])[1]);
+    const two = await sandbox.execute(PID + "[x, js.Deno.pid]", bytes);
+    assert.deepEqual(two.result, [1, paused]);
+    // A paused child that died (killed here) is skipped: the restore gets
+    // a child of its own, and the sandbox goes on.
+    const next = await soleChild();
+    assert.notEqual(next, paused);
+    Deno.kill(next, "SIGKILL");
+    // Reaped by the host (no /proc entry), which then knows it exited.
+    const reaped = () => {
+      try {
+        Deno.statSync(`/proc/${next}`);
+        return false;
+      } catch {
+        return true;
+      }
+    };
+    assert.ok(await waitFor(reaped, 10_000));
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const three = await sandbox.execute(PID + "[x + 2, js.Deno.pid]", bytes);
+    assert.equal(three.status, "success", three.stderr);
+    assert.equal((three.result as number[])[0], 3);
+    assert.notEqual((three.result as number[])[1], next);
+  });
+  assert.deepEqual(sandboxChildren(), [], "close() ends the paused child");
+});
