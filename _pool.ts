@@ -20,6 +20,7 @@ import {
   distrustSnapshot,
   ensureBase,
 } from "./_snapshot.ts";
+import { KeptChildren, keptKey } from "./_kept_children.ts";
 
 /**
  * How long a call's child runs (once ready) before the pool's replacement
@@ -65,6 +66,11 @@ export interface PoolContext {
   revokeRead(): string[];
   /** The preloaded state children start from (`preload`), if any. */
   preload?(): Promise<{ state: Uint8Array; path: string } | undefined>;
+  /**
+   * Calls return session state: their children serve more than one exec,
+   * so that up to `size` of them can be kept for the next step.
+   */
+  stateful?: boolean;
 }
 
 /** Session state for a child to restore, checked by the host. */
@@ -110,6 +116,8 @@ export class ChildPool {
   #paused?: SandboxChild;
   /** Ends the paused child when no restore took it in time. */
   #pausedTimer?: ReturnType<typeof setTimeout>;
+  /** Children kept under the session bytes their last call returned. */
+  #kept: KeptChildren;
   #closed = false;
 
   /**
@@ -120,6 +128,7 @@ export class ChildPool {
    */
   constructor(ctx: PoolContext) {
     this.#ctx = ctx;
+    this.#kept = new KeptChildren(ctx.stateful ? ctx.size : 0);
   }
 
   /** Number of pooled children loaded or loading. */
@@ -314,8 +323,46 @@ export class ChildPool {
       const child = this.take();
       if (child) return { child, pooled: true, refill };
     }
-    const child = await this.spawn(memoryLimitMb, { oneShot: true, state });
+    const child = await this.spawn(memoryLimitMb, {
+      oneShot: !this.#ctx.stateful,
+      state,
+    });
     return { child, pooled: false, refill };
+  }
+
+  /**
+   * Keeps the child of a stateful call for the call that continues from
+   * the bytes it returned (see {@linkcode takeKept}).
+   *
+   * @param child The call's child: its call done, nothing wrong with it.
+   * @param bytes The session bytes the call returned.
+   * @param memoryLimitMb The call's memory limit.
+   * @returns False when the child was not kept: the caller ends it.
+   */
+  async keep(
+    child: SandboxChild,
+    bytes: Uint8Array,
+    memoryLimitMb: number,
+  ): Promise<boolean> {
+    const key = await keptKey(bytes, memoryLimitMb);
+    return !this.#closed && this.#kept.keep(key, child);
+  }
+
+  /**
+   * The child whose last call returned exactly these session bytes, if it
+   * is kept: its state is theirs, so a call continues in it as if they had
+   * been restored.
+   *
+   * @param bytes Session bytes (already checked).
+   * @param memoryLimitMb The call's memory limit.
+   * @returns The child, or undefined.
+   */
+  async takeKept(
+    bytes: Uint8Array,
+    memoryLimitMb: number,
+  ): Promise<SandboxChild | undefined> {
+    if (this.#kept.size === 0) return undefined;
+    return this.#kept.take(await keptKey(bytes, memoryLimitMb));
   }
 
   /**
@@ -367,7 +414,7 @@ export class ChildPool {
       this.#starting++;
       try {
         child = await this.spawn(this.#ctx.memoryLimitMb, {
-          oneShot: true,
+          oneShot: !this.#ctx.stateful,
           warm: true,
         });
       } catch {
@@ -418,6 +465,7 @@ export class ChildPool {
     this.#idle = [];
     this.#paused = undefined;
     clearTimeout(this.#pausedTimer);
+    this.#kept.clear();
     await this.#endLive();
     // A call that was queued when close() ran must not leave a child: wait
     // for the starts in flight (they see the flag and end their child).

@@ -28,7 +28,11 @@ import type { AuditCallback } from "./_audit.ts";
 export interface SandboxOptions extends PermissionOptions {
   /**
    * Return `sessionBytes` and `sessionMetadata` from every `execute`, so the
-   * next call can continue from them.
+   * next call can continue from them. Up to `poolSize` children whose call
+   * ended well are kept for 30 s: a call given exactly the bytes one of them
+   * returned continues in it (same state, no restore). One that runs code
+   * while it waits (a timer its call left) is ended; other bytes restore in
+   * a new child.
    * @default {false}
    */
   stateful?: boolean;

@@ -14,7 +14,7 @@ import type {
   SessionOptions,
   StreamEvent,
 } from "./options.ts";
-import type { SandboxChild } from "./_child.ts";
+import type { CallOutcome, SandboxChild } from "./_child.ts";
 import { snapshotPath } from "./_setup.ts";
 import { SessionError } from "./_session_bytes.ts";
 import { Semaphore } from "./_semaphore.ts";
@@ -85,6 +85,7 @@ export class PyodideSandbox extends BasePyodideSandbox {
     this.#pool = new ChildPool({
       size: this.settings.poolSize,
       memoryLimitMb: this.settings.memoryLimitMb,
+      stateful: this.settings.stateful,
       environment: () => this.environment(),
       childSpec: (memoryLimitMb, extraReads) =>
         this.childSpec(memoryLimitMb, extraReads),
@@ -156,13 +157,24 @@ export class PyodideSandbox extends BasePyodideSandbox {
     await this.#pool.warmup();
   }
 
-  /** The child of a stateless call, restored from its session bytes. */
+  /**
+   * The child of a call: with session bytes, the child whose last call
+   * returned them if it is kept, else one restored from them.
+   */
   async #acquire(call: CallSettings): Promise<Acquired> {
-    const state = call.sessionBytes
-      ? await this.openBytes(call.sessionBytes, call.sessionMetadata!)
-      : undefined;
+    const previous = call.sessionMetadata;
+    let state;
+    if (call.sessionBytes) {
+      // Checked first, kept child or not: bad bytes are refused alike.
+      state = await this.openBytes(call.sessionBytes, previous!);
+      const kept = await this.#pool.takeKept(
+        call.sessionBytes,
+        call.memoryLimitMb,
+      );
+      if (kept) return { child: kept, previous };
+    }
     const acquired = await this.#pool.acquire(call.memoryLimitMb, state);
-    return { ...acquired, previous: call.sessionMetadata };
+    return { ...acquired, previous };
   }
 
   /**
@@ -246,6 +258,7 @@ export class PyodideSandbox extends BasePyodideSandbox {
     const refillLater = acquired.refill
       ? this.#pool.refillAfter(child)
       : undefined;
+    let kept = false;
     try {
       const outcome = await this.runCall(child, call, {
         deadline,
@@ -256,7 +269,7 @@ export class PyodideSandbox extends BasePyodideSandbox {
       if (outcome.ended === "abort") {
         throw call.signal?.reason ?? new DOMException("Aborted", "AbortError");
       }
-      return await resultFromOutcome(outcome, {
+      const result = await resultFromOutcome(outcome, {
         clock,
         call,
         child,
@@ -265,15 +278,37 @@ export class PyodideSandbox extends BasePyodideSandbox {
         secret: this.settings.sessionSecret,
         files: fileLimits(this.settings),
       });
+      kept = await this.#keep(child, outcome, result, call);
+      return result;
     } finally {
       release();
       // With the result in hand, SIGKILL is certain and immediate (no
       // graceful shutdown to wait for); waiting for the reap keeps the
-      // promise that no child outlives the call.
-      await child.kill("exit", { hard: delivered });
-      await child.cleanup();
+      // promise that no child outlives the call (but a kept one).
+      if (!kept) {
+        await child.kill("exit", { hard: delivered });
+        await child.cleanup();
+      }
       refillLater?.();
     }
+  }
+
+  /**
+   * Keeps the child of a stateful call that ended well, for the call that
+   * continues from the bytes it returned.
+   */
+  async #keep(
+    child: SandboxChild,
+    outcome: CallOutcome,
+    result: SandboxResult,
+    call: CallSettings,
+  ): Promise<boolean> {
+    const bytes = result.sessionBytes;
+    const ok = result.status === "success" ||
+      result.error?.kind === "exception";
+    if (!bytes || !ok || outcome.ended !== undefined) return false;
+    if (child.exited || child.violation !== undefined) return false;
+    return await this.#pool.keep(child, bytes, call.memoryLimitMb);
   }
 
   /**

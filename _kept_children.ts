@@ -1,0 +1,172 @@
+/**
+ * Children a stateful sandbox keeps after a call, each under the session
+ * bytes that call returned: the next call given exactly those bytes
+ * continues in the child whose state they are, instead of restoring them
+ * into another. A kept child that works while it waits (its code left a
+ * timer or task running) is ended, as is one no call takes in time.
+ *
+ * @module
+ */
+
+import type { SandboxChild } from "./_child.ts";
+import { sha256Hex } from "./_setup.ts";
+
+/** How long a kept child waits for its next call before it is ended. */
+export const KEPT_IDLE_MS = 30_000;
+
+/** How often kept children's CPU time is read. */
+const CHECK_MS = 1000;
+
+/**
+ * CPU time a kept child may use while it waits, in clock ticks (10 ms at
+ * the usual 100 Hz): an idle runner uses none, so more means the last
+ * call's code is still running.
+ */
+const IDLE_CPU_TICKS = 5;
+
+interface Kept {
+  child: SandboxChild;
+  /** CPU ticks when it was kept. */
+  cpu: number;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+/**
+ * The key of a child kept for session bytes.
+ *
+ * @param bytes The session bytes the child's last call returned.
+ * @param memoryLimitMb The child's memory limit.
+ * @returns The key.
+ */
+export async function keptKey(
+  bytes: Uint8Array,
+  memoryLimitMb: number,
+): Promise<string> {
+  return `${memoryLimitMb}:${await sha256Hex(bytes)}`;
+}
+
+/**
+ * User plus system CPU time of a process, from `/proc`.
+ *
+ * @param pid The process.
+ * @returns Clock ticks, or undefined without `/proc`.
+ */
+export function cpuTicks(pid: number): number | undefined {
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  } catch {
+    return undefined;
+  }
+  // Fields after the command name (which may hold spaces): the state is
+  // field 3, utime 14 and stime 15.
+  const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
+  const ticks = Number(fields[11]) + Number(fields[12]);
+  return Number.isFinite(ticks) ? ticks : undefined;
+}
+
+/**
+ * At most `max` kept children, the oldest ended first.
+ *
+ * @example
+ * ```ts ignore
+ * const kept = new KeptChildren(2);
+ * if (!kept.keep(await keptKey(bytes, 512), child)) await child.kill();
+ * const next = kept.take(await keptKey(bytes, 512));
+ * ```
+ */
+export class KeptChildren {
+  #max: number;
+  #kept = new Map<string, Kept>();
+  #check?: ReturnType<typeof setInterval>;
+
+  /**
+   * @param max How many children may be kept at once (0: none).
+   */
+  constructor(max: number) {
+    this.#max = max;
+  }
+
+  /** Number of children kept now. */
+  get size(): number {
+    return this.#kept.size;
+  }
+
+  /**
+   * Keeps a child whose call just returned session bytes.
+   *
+   * @param key The bytes' {@linkcode keptKey}.
+   * @param child The child: alive, its call done.
+   * @returns False when it cannot be kept (none may be, or no `/proc` to
+   *   watch its CPU time): the caller ends it.
+   */
+  keep(key: string, child: SandboxChild): boolean {
+    const cpu = cpuTicks(child.pid);
+    if (this.#max === 0 || cpu === undefined || child.exited) return false;
+    this.#drop(key)?.kill("exit", { hard: true });
+    while (this.#kept.size >= this.#max) {
+      const oldest = this.#kept.keys().next().value!;
+      this.#drop(oldest)?.kill("exit", { hard: true });
+    }
+    const timer = setTimeout(() => {
+      this.#drop(key)?.kill("exit", { hard: true });
+    }, KEPT_IDLE_MS);
+    Deno.unrefTimer(timer);
+    this.#kept.set(key, { child, cpu, timer });
+    child.onExit(() => {
+      if (this.#kept.get(key)?.child === child) this.#drop(key);
+    });
+    this.#watch();
+    return true;
+  }
+
+  /**
+   * Takes the child kept for `key`, if it is alive and stayed idle.
+   *
+   * @param key The bytes' {@linkcode keptKey}.
+   * @returns The child, now the caller's, or undefined.
+   */
+  take(key: string): SandboxChild | undefined {
+    const entry = this.#kept.get(key);
+    if (!entry) return undefined;
+    this.#drop(key);
+    if (entry.child.exited || this.#busy(entry)) {
+      entry.child.kill("exit", { hard: true });
+      return undefined;
+    }
+    return entry.child;
+  }
+
+  /** Forgets every kept child (the pool's close() ends them). */
+  clear(): void {
+    for (const key of [...this.#kept.keys()]) this.#drop(key);
+  }
+
+  #busy(entry: Kept): boolean {
+    const now = cpuTicks(entry.child.pid);
+    return now === undefined || now - entry.cpu > IDLE_CPU_TICKS;
+  }
+
+  #drop(key: string): SandboxChild | undefined {
+    const entry = this.#kept.get(key);
+    if (!entry) return undefined;
+    this.#kept.delete(key);
+    clearTimeout(entry.timer);
+    if (this.#kept.size === 0) {
+      clearInterval(this.#check);
+      this.#check = undefined;
+    }
+    return entry.child;
+  }
+
+  /** Ends, once a second, kept children that work while they wait. */
+  #watch(): void {
+    if (this.#check !== undefined) return;
+    this.#check = setInterval(() => {
+      for (const [key, entry] of [...this.#kept]) {
+        if (this.#busy(entry)) this.#drop(key)?.kill("exit", { hard: true });
+      }
+    }, CHECK_MS);
+    Deno.unrefTimer(this.#check);
+  }
+}
