@@ -18,16 +18,25 @@ export const KEPT_IDLE_MS = 30_000;
 const CHECK_MS = 1000;
 
 /**
- * CPU time a kept child may use while it waits, in clock ticks (10 ms at
- * the usual 100 Hz): an idle runner uses none, so more means the last
- * call's code is still running.
+ * CPU time a kept child may use per check while it waits, in clock ticks
+ * (10 ms at the usual 100 Hz): an idle runner uses about none, so more
+ * means the last call's code is still running. The first second after a
+ * call is not counted: the runtime finishes its own work then (measured:
+ * up to 160 ms of compiling and collecting).
  */
-const IDLE_CPU_TICKS = 5;
+const BUSY_TICKS = 10;
+
+/** The grace after a call (see {@linkcode BUSY_TICKS}). */
+const GRACE_MS = 1000;
 
 interface Kept {
   child: SandboxChild;
-  /** CPU ticks when it was kept. */
+  /** CPU ticks at the last reading. */
   cpu: number;
+  /** When (`performance.now()`) that reading was made. */
+  cpuAt: number;
+  /** Readings from then on are counted. */
+  countFrom: number;
   timer: ReturnType<typeof setTimeout>;
 }
 
@@ -112,7 +121,14 @@ export class KeptChildren {
       this.#drop(key)?.kill("exit", { hard: true });
     }, KEPT_IDLE_MS);
     Deno.unrefTimer(timer);
-    this.#kept.set(key, { child, cpu, timer });
+    const now = performance.now();
+    this.#kept.set(key, {
+      child,
+      cpu,
+      cpuAt: now,
+      countFrom: now + GRACE_MS,
+      timer,
+    });
     child.onExit(() => {
       if (this.#kept.get(key)?.child === child) this.#drop(key);
     });
@@ -142,9 +158,18 @@ export class KeptChildren {
     for (const key of [...this.#kept.keys()]) this.#drop(key);
   }
 
+  /**
+   * Whether it worked since the last reading, if that was made after the
+   * grace; reads again.
+   */
   #busy(entry: Kept): boolean {
-    const now = cpuTicks(entry.child.pid);
-    return now === undefined || now - entry.cpu > IDLE_CPU_TICKS;
+    const cpu = cpuTicks(entry.child.pid);
+    if (cpu === undefined) return true;
+    const busy = entry.cpuAt >= entry.countFrom &&
+      cpu - entry.cpu > BUSY_TICKS;
+    entry.cpu = cpu;
+    entry.cpuAt = performance.now();
+    return busy;
   }
 
   #drop(key: string): SandboxChild | undefined {
@@ -159,7 +184,10 @@ export class KeptChildren {
     return entry.child;
   }
 
-  /** Ends, once a second, kept children that work while they wait. */
+  /**
+   * Ends kept children that work while they wait: checked once a second,
+   * and when taken.
+   */
   #watch(): void {
     if (this.#check !== undefined) return;
     this.#check = setInterval(() => {
