@@ -18,16 +18,17 @@ export const KEPT_IDLE_MS = 30_000;
 const CHECK_MS = 1000;
 
 /**
- * CPU time a kept child may use per check while it waits, in clock ticks
- * (10 ms at the usual 100 Hz): an idle runner uses about none, so more
- * means the last call's code is still running. The first second after a
- * call is not counted: the runtime finishes its own work then (measured:
- * up to 160 ms of compiling and collecting).
+ * CPU time a kept child may use between two readings (about a second
+ * apart) while it waits, in clock ticks (10 ms at the usual 100 Hz): an
+ * idle runner uses about none, so more means the last call's code is
+ * still running. The first seconds after a call are not counted: the
+ * runtime finishes its own work then (measured: up to 160 ms of compiling
+ * and collecting on an idle machine, spread out on a loaded one).
  */
-const BUSY_TICKS = 10;
+const BUSY_TICKS = 20;
 
 /** The grace after a call (see {@linkcode BUSY_TICKS}). */
-const GRACE_MS = 1000;
+const GRACE_MS = 2000;
 
 interface Kept {
   child: SandboxChild;

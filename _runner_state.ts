@@ -470,11 +470,15 @@ export function releaseLoadBuffers(pyodide: Pyodide): void {
 }
 
 /**
- * One full garbage collection, before any user code runs: an idle child
+ * A full garbage collection, to run once the load is done: an idle child
  * allocates nothing, so V8 would keep the load's buffers (and their RSS,
- * which a pooled child holds and its kill must free) indefinitely.
+ * which a pooled child holds and its kill must free) indefinitely. Made
+ * before any user code runs; the function it returns stays in the
+ * runner's scope.
+ *
+ * @returns Runs one collection (does nothing where none can be had).
  */
-export function collectGarbage(): void {
+export function garbageCollector(): () => void {
   try {
     // Through getBuiltinModule, never import(): an ES module namespace made
     // now would keep the originals that lockDown() replaces, and user code
@@ -484,11 +488,17 @@ export function collectGarbage(): void {
     const v8 = process.getBuiltinModule("v8");
     const vm = process.getBuiltinModule("vm");
     // Affects only contexts made after this (vm and workers are locked
-    // down before user code runs); the function stays in this scope.
+    // down before user code runs).
     v8.setFlagsFromString("--expose-gc");
     const gc = vm.runInNewContext("gc") as () => void;
-    gc();
+    return () => {
+      try {
+        gc();
+      } catch {
+        // Only memory is lost.
+      }
+    };
   } catch {
-    // Only memory is lost.
+    return () => {};
   }
 }
