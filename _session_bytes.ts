@@ -22,7 +22,7 @@ import { PYODIDE_VERSION } from "./runner.ts";
 import type { SessionMetadata } from "./result.ts";
 import type { Environment } from "./_setup.ts";
 import { writeFileAtomicSync } from "./_fs.ts";
-import { constantTimeEqual } from "./_bytes.ts";
+import { constantTimeEqual, toHex } from "./_bytes.ts";
 import { sha256Bytes } from "./_wheel_cache.ts";
 import {
   type BaseSnapshot,
@@ -108,8 +108,13 @@ export async function sealSession(
     createdAt: previous?.createdAt ?? now,
     updatedAt: now,
   };
+  // A random salt (not in the metadata): no two seals give the same
+  // bytes, even of the same state in the same millisecond, so a child kept
+  // under its bytes' sha256 is reachable only with the bytes its own call
+  // returned.
+  const salt = toHex(crypto.getRandomValues(new Uint8Array(16)));
   const head = new TextEncoder().encode(
-    JSON.stringify(base ? { ...header, base } : header),
+    JSON.stringify(base ? { ...header, base, salt } : { ...header, salt }),
   );
   const body = new Uint8Array(
     MAGIC.length + 6 + head.length + payload.length + MAC_BYTES,

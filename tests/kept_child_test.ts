@@ -10,6 +10,7 @@ import type { ExecuteOptions } from "../options.ts";
 import { isRunning, sandboxChildren, waitFor } from "./_fixtures/procs.ts";
 import { TEST_DENO } from "./_fixtures/procs.ts";
 import { withSandbox } from "./_helpers.ts";
+import { sealSession } from "../_session_bytes.ts";
 
 const STATEFUL = { denoPath: TEST_DENO, poolSize: 2, stateful: true };
 
@@ -115,5 +116,43 @@ Deno.test("stateful PyodideSandbox.execute() with poolSize 0 keeps no child afte
     const [x, twoPid] = valueAndPid(two);
     assert.equal(x, 2);
     assert.ok(!isRunning(twoPid), "the restored child outlived its call");
+  });
+});
+
+Deno.test("session bytes are unique per seal, so a kept child is reachable only with the bytes its own call returned", async () => {
+  // The same state sealed many times within a few milliseconds (same
+  // timestamps): every seal differs, so two sessions whose interpreters end
+  // up byte-identical never share a key.
+  const payload = new Uint8Array(64).fill(7);
+  const previous = {
+    pyodideVersion: "0",
+    createdAt: "2026-12-02T00:00:00.000Z",
+    updatedAt: "2026-12-02T00:00:00.000Z",
+  };
+  const seals = await Promise.all(
+    Array.from(
+      { length: 20 },
+      () => sealSession(payload, previous, undefined, {}, "ab".repeat(32)),
+    ),
+  );
+  const distinct = new Set(seals.map((s) => s.sessionBytes.join(",")));
+  assert.equal(distinct.size, seals.length, "two seals gave the same bytes");
+  // End to end: what one session planted in its child's JS realm (which no
+  // snapshot holds) never reaches another session's step, even one that
+  // ran the same code.
+  await withSandbox(STATEFUL, async (sandbox) => {
+    const code = "import js\nx = 1\n[x, js.Deno.pid]";
+    const a = await sandbox.execute(
+      "import js\njs.globalThis.planted = 'secret of A'\n" + code,
+    );
+    const b = await sandbox.execute(code);
+    assert.notDeepEqual(a.sessionBytes, b.sessionBytes);
+    const next = await sandbox.execute(
+      "[getattr(js.globalThis, 'planted', None), js.Deno.pid]",
+      from(b),
+    );
+    const [planted, pid] = next.result as [string | null, number];
+    assert.equal(planted, null, "B's step saw what A planted");
+    assert.equal(pid, valueAndPid(b)[1], "B continued in its own child");
   });
 });
