@@ -7,12 +7,8 @@
  * @module
  */
 
-import {
-  type ChildInit,
-  type ChildSpec,
-  holdingLoop,
-  SandboxChild,
-} from "./_child.ts";
+import { type ChildInit, type ChildSpec, SandboxChild } from "./_child.ts";
+import { holdingLoop } from "./_holding_loop.ts";
 import { type Environment, materializeRunner } from "./_setup.ts";
 import {
   type BaseSnapshot,

@@ -7,7 +7,8 @@
 
 import type { CodeExecutionResult, SessionMetadata } from "./result.ts";
 import type { ExecuteOptions, SavedSession } from "./options.ts";
-import { type CallOutcome, holdingLoop, type SandboxChild } from "./_child.ts";
+import type { CallOutcome, SandboxChild } from "./_child.ts";
+import { holdingLoop } from "./_holding_loop.ts";
 import { type SavedHeader, ToChild, ToParent } from "./_protocol.ts";
 import { sealSession, SessionError } from "./_session_bytes.ts";
 import type { Semaphore } from "./_semaphore.ts";
