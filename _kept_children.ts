@@ -9,10 +9,10 @@
  */
 
 import type { SandboxChild } from "./_child.ts";
-import { sha256Hex } from "./_setup.ts";
+import { sessionSeal } from "./_session_bytes.ts";
 
 /** How long a kept child waits for its next call before it is ended. */
-export const KEPT_IDLE_MS = 30_000;
+const KEPT_IDLE_MS = 30_000;
 
 /** How often kept children's CPU time is read. */
 const CHECK_MS = 1000;
@@ -42,17 +42,16 @@ interface Kept {
 }
 
 /**
- * The key of a child kept for session bytes.
+ * The key of a child kept for session bytes: their seal (already computed
+ * over the whole bytes, and unique per seal), not another hash of them.
  *
- * @param bytes The session bytes the child's last call returned.
+ * @param bytes The session bytes the child's last call returned, or bytes
+ *   already checked against their seal.
  * @param memoryLimitMb The child's memory limit.
  * @returns The key.
  */
-export async function keptKey(
-  bytes: Uint8Array,
-  memoryLimitMb: number,
-): Promise<string> {
-  return `${memoryLimitMb}:${await sha256Hex(bytes)}`;
+export function keptKey(bytes: Uint8Array, memoryLimitMb: number): string {
+  return `${memoryLimitMb}:${sessionSeal(bytes)}`;
 }
 
 /**
@@ -61,7 +60,7 @@ export async function keptKey(
  * @param pid The process.
  * @returns Clock ticks, or undefined without `/proc`.
  */
-export function cpuTicks(pid: number): number | undefined {
+function cpuTicks(pid: number): number | undefined {
   let text: string;
   try {
     text = Deno.readTextFileSync(`/proc/${pid}/stat`);
@@ -81,8 +80,8 @@ export function cpuTicks(pid: number): number | undefined {
  * @example
  * ```ts ignore
  * const kept = new KeptChildren(2);
- * if (!kept.keep(await keptKey(bytes, 512), child)) await child.kill();
- * const next = kept.take(await keptKey(bytes, 512));
+ * if (!kept.keep(keptKey(bytes, 512), child)) await child.kill();
+ * const next = kept.take(keptKey(bytes, 512));
  * ```
  */
 export class KeptChildren {
@@ -95,11 +94,6 @@ export class KeptChildren {
    */
   constructor(max: number) {
     this.#max = max;
-  }
-
-  /** Number of children kept now. */
-  get size(): number {
-    return this.#kept.size;
   }
 
   /**

@@ -356,14 +356,14 @@ export class ChildPool {
    * @param memoryLimitMb The call's memory limit.
    * @returns False when the child was not kept: the caller ends it.
    */
-  async keep(
+  keep(
     child: SandboxChild,
     bytes: Uint8Array,
     memoryLimitMb: number,
-  ): Promise<boolean> {
+  ): boolean {
     this.#callDone.get(child)?.();
-    const key = await keptKey(bytes, memoryLimitMb);
-    return !this.#closed && this.#kept.keep(key, child);
+    return !this.#closed &&
+      this.#kept.keep(keptKey(bytes, memoryLimitMb), child);
   }
 
   /**
@@ -375,12 +375,11 @@ export class ChildPool {
    * @param memoryLimitMb The call's memory limit.
    * @returns The child, or undefined.
    */
-  async takeKept(
+  takeKept(
     bytes: Uint8Array,
     memoryLimitMb: number,
-  ): Promise<SandboxChild | undefined> {
-    if (this.#kept.size === 0) return undefined;
-    return this.#kept.take(await keptKey(bytes, memoryLimitMb));
+  ): SandboxChild | undefined {
+    return this.#kept.take(keptKey(bytes, memoryLimitMb));
   }
 
   /**

@@ -134,6 +134,18 @@ export async function sealSession(
 }
 
 /**
+ * The seal of session bytes: their trailing SHA-256 or HMAC, which covers
+ * a random salt and so differs for every seal. An id for bytes this host
+ * sealed or has checked ({@linkcode unsealSessionState}).
+ *
+ * @param bytes Session bytes, sealed or checked here.
+ * @returns The seal, in hex.
+ */
+export function sessionSeal(bytes: Uint8Array): string {
+  return toHex(bytes.subarray(bytes.length - MAC_BYTES));
+}
+
+/**
  * Checks session bytes and their metadata and returns the payload for the
  * child.
  *

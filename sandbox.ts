@@ -167,7 +167,7 @@ export class PyodideSandbox extends BasePyodideSandbox {
     if (call.sessionBytes) {
       // Checked first, kept child or not: bad bytes are refused alike.
       state = await this.openBytes(call.sessionBytes, previous!);
-      const kept = await this.#pool.takeKept(
+      const kept = this.#pool.takeKept(
         call.sessionBytes,
         call.memoryLimitMb,
       );
@@ -278,7 +278,7 @@ export class PyodideSandbox extends BasePyodideSandbox {
         secret: this.settings.sessionSecret,
         files: fileLimits(this.settings),
       });
-      kept = await this.#keep(child, outcome, result, call);
+      kept = this.#keep(child, outcome, result, call);
       return result;
     } finally {
       release();
@@ -297,18 +297,18 @@ export class PyodideSandbox extends BasePyodideSandbox {
    * Keeps the child of a stateful call that ended well, for the call that
    * continues from the bytes it returned.
    */
-  async #keep(
+  #keep(
     child: SandboxChild,
     outcome: CallOutcome,
     result: SandboxResult,
     call: CallSettings,
-  ): Promise<boolean> {
+  ): boolean {
     const bytes = result.sessionBytes;
     const ok = result.status === "success" ||
       result.error?.kind === "exception";
     if (!bytes || !ok || outcome.ended !== undefined) return false;
     if (child.exited || child.violation !== undefined) return false;
-    return await this.#pool.keep(child, bytes, call.memoryLimitMb);
+    return this.#pool.keep(child, bytes, call.memoryLimitMb);
   }
 
   /**
