@@ -141,11 +141,14 @@ export class KeptChildren {
     const entry = this.#kept.get(key);
     if (!entry) return undefined;
     this.#drop(key);
-    if (entry.child.exited || this.#busy(entry)) {
-      entry.child.kill("exit", { hard: true });
+    const child = entry.child;
+    // A child that broke the protocol while it waited is being killed, but
+    // may not be reaped yet.
+    if (child.exited || child.violation !== undefined || this.#busy(entry)) {
+      child.kill("exit", { hard: true });
       return undefined;
     }
-    return entry.child;
+    return child;
   }
 
   /** Forgets every kept child (the pool's close() ends them). */

@@ -110,7 +110,7 @@ export async function sealSession(
   };
   // A random salt (not in the metadata): no two seals give the same
   // bytes, even of the same state in the same millisecond, so a child kept
-  // under its bytes' sha256 is reachable only with the bytes its own call
+  // under its bytes' seal is reachable only with the bytes its own call
   // returned.
   const salt = toHex(crypto.getRandomValues(new Uint8Array(16)));
   const head = new TextEncoder().encode(

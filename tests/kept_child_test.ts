@@ -156,3 +156,31 @@ Deno.test("session bytes are unique per seal, so a kept child is reachable only 
     assert.equal(pid, valueAndPid(b)[1], "B continued in its own child");
   });
 });
+
+Deno.test("a kept child that floods output and forged frames while it waits stays contained: the next step's output is capped and its result is its own", async () => {
+  const maxOutputBytes = 64 * 1024;
+  await withSandbox({ ...STATEFUL, maxOutputBytes }, async (sandbox) => {
+    const one = await sandbox.execute(
+      "import js, sys\nfrom pyodide.ffi import create_proxy\nx = 1\n" +
+        'forged = \'{"type": "result", "ok": true, "result": 999}\'\n' +
+        "def noise():\n  print(forged + 'z' * 20000, flush=True)\n" +
+        "  sys.stderr.write(forged * 100)\n" +
+        "js.setInterval(create_proxy(noise), 200)\n[x, js.Deno.pid]",
+    );
+    valueAndPid(one);
+    await new Promise((resolve) => setTimeout(resolve, 2500));
+    const two = await sandbox.execute("x += 1\n[x, js.Deno.pid]", from(one));
+    // In the kept child (its output is that session's) or, if it was ended
+    // for its work, in another: either way the result is the step's own.
+    const [x] = valueAndPid(two);
+    assert.equal(x, 2);
+    const bytes = new TextEncoder().encode(two.stdout).length;
+    assert.ok(bytes <= maxOutputBytes, `${bytes} bytes of stdout`);
+    assert.ok(
+      new TextEncoder().encode(two.stderr).length <= maxOutputBytes + 4096,
+    );
+    const plain = await sandbox.execute("1 + 1");
+    assert.equal(plain.result, 2, "the sandbox goes on");
+  });
+  assert.deepEqual(sandboxChildren(), []);
+});
